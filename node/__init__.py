@@ -1,0 +1,38 @@
+"""One peer: data, model with flat parameters, local training, and the algorithms composed of them.
+
+The real networked peer (aiohttp server and client) builds on these parts; the simulator drives the
+same ``Learner`` objects in one process.
+"""
+
+from node.algorithms import ALGORITHM_NAMES, Algorithm, resolve_algorithm
+from node.data import (
+    DATASETS,
+    PARTITIONS,
+    Dataset,
+    dirichlet_partition,
+    iid_partition,
+    load_dataset,
+    load_digits,
+    partition,
+    shard_partition,
+    synthetic,
+)
+from node.learner import Learner
+from node.model import MODELS, FlatModel, TensorSlice, build_model
+from node.seeding import derive_seed
+from node.training import (
+    BatchSampler,
+    LocalTrainer,
+    TrainConfig,
+    accuracy,
+    sam_gradient,
+    sgd_step,
+)
+
+__all__ = [
+    "ALGORITHM_NAMES", "DATASETS", "MODELS", "PARTITIONS", "Algorithm", "BatchSampler", "Dataset",
+    "FlatModel", "Learner", "LocalTrainer", "TensorSlice", "TrainConfig", "accuracy",
+    "build_model", "derive_seed", "dirichlet_partition", "iid_partition", "load_dataset",
+    "load_digits", "partition", "resolve_algorithm", "sam_gradient", "sgd_step",
+    "shard_partition", "synthetic",
+]

@@ -1,0 +1,193 @@
+"""Data sets that need no download, and seeded partitions of them across peers (spec 0.3, 0.5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from node.seeding import derive_seed
+
+# The digits split is fixed (not tied to the run seed) so that every run of the project is scored
+# on the same 450 test images.
+DIGITS_SPLIT_SEED = 0
+
+
+@dataclass
+class Dataset:
+    """Train and test tensors; ``natural_parts`` holds per-peer train indices when the data set
+    comes already split by owner (LEAF synthetic)."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    natural_parts: list[np.ndarray] | None = None
+
+    @property
+    def in_features(self) -> int:
+        return self.x_train.shape[1]
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's bundled 8x8 digits: stratified 75/25 split, standardised on the train part."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sk_digits()
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        bunch.data, bunch.target, test_size=0.25, stratify=bunch.target,
+        random_state=DIGITS_SPLIT_SEED,
+    )
+    mean, std = x_tr.mean(axis=0), x_tr.std(axis=0)
+    std[std == 0] = 1.0
+    return Dataset(
+        "digits",
+        torch.tensor((x_tr - mean) / std, dtype=torch.float32),
+        torch.tensor(y_tr, dtype=torch.int64),
+        torch.tensor((x_te - mean) / std, dtype=torch.float32),
+        torch.tensor(y_te, dtype=torch.int64),
+        num_classes=10,
+    )
+
+
+def _softmax_argmax(logits: np.ndarray) -> np.ndarray:
+    return logits.argmax(axis=1)  # argmax of softmax = argmax of the logits
+
+
+def synthetic(alpha: float, beta: float, num_nodes: int, seed: int, dimension: int = 60,
+              num_classes: int = 10, max_samples: int = 1000, test_fraction: float = 0.2
+              ) -> Dataset:
+    """LEAF / FedProx synthetic(alpha, beta) (spec 0.5), one part per node.
+
+    Follows FedProx's ``generate_synthetic``: u_k ~ N(0, alpha) is the mean of W_k and b_k,
+    B_k ~ N(0, beta), v_k ~ N(B_k, 1), x ~ N(v_k, diag(j^-1.2)), y = argmax(W_k^T x + b_k), and
+    lognormal(4, 2) + 50 samples per node. Departure: the sample count is capped at
+    ``max_samples`` (the uncapped lognormal gives some nodes tens of thousands of samples, which
+    only slows small studies down). Each node's last ``test_fraction`` goes to the shared test set.
+    """
+    if alpha < 0 or beta < 0:
+        raise ValueError(f"synthetic: alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+    rng = np.random.default_rng(derive_seed(seed, "synthetic"))
+    counts = np.minimum(rng.lognormal(4, 2, num_nodes).astype(int) + 50, max_samples)
+    mean_w = rng.normal(0, alpha, num_nodes)
+    shift = rng.normal(0, beta, num_nodes)
+    std_x = np.sqrt(np.arange(1, dimension + 1, dtype=float) ** -1.2)
+    xs_tr, ys_tr, xs_te, ys_te, parts = [], [], [], [], []
+    offset = 0
+    for k in range(num_nodes):
+        w = rng.normal(mean_w[k], 1, (dimension, num_classes))
+        b = rng.normal(mean_w[k], 1, num_classes)
+        v = rng.normal(shift[k], 1, dimension)
+        x = v + rng.standard_normal((counts[k], dimension)) * std_x
+        y = _softmax_argmax(x @ w + b)
+        n_test = max(1, int(round(test_fraction * counts[k])))
+        xs_tr.append(x[n_test:])
+        ys_tr.append(y[n_test:])
+        xs_te.append(x[:n_test])
+        ys_te.append(y[:n_test])
+        parts.append(np.arange(offset, offset + counts[k] - n_test))
+        offset += counts[k] - n_test
+    return Dataset(
+        f"synthetic({alpha},{beta})",
+        torch.tensor(np.concatenate(xs_tr), dtype=torch.float32),
+        torch.tensor(np.concatenate(ys_tr), dtype=torch.int64),
+        torch.tensor(np.concatenate(xs_te), dtype=torch.float32),
+        torch.tensor(np.concatenate(ys_te), dtype=torch.int64),
+        num_classes=num_classes,
+        natural_parts=parts,
+    )
+
+
+def iid_partition(labels: np.ndarray, num_nodes: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffle and cut into ``num_nodes`` parts of equal size (+-1)."""
+    return [np.sort(p) for p in np.array_split(rng.permutation(len(labels)), num_nodes)]
+
+
+def dirichlet_partition(labels: np.ndarray, num_nodes: int, alpha: float,
+                        rng: np.random.Generator, min_size: int = 2, max_tries: int = 1000
+                        ) -> list[np.ndarray]:
+    """Per-class Dirichlet split (Hsu et al. 2019, spec 0.3): for each class c draw
+    p_c ~ Dir(alpha 1_n) and cut class c's samples in those proportions. Redrawn (from the same
+    stream) until every node has at least ``min_size`` samples."""
+    if alpha <= 0:
+        raise ValueError(f"dirichlet: alpha must be > 0, got {alpha}")
+    classes = np.unique(labels)
+    for _ in range(max_tries):
+        parts: list[list[int]] = [[] for _ in range(num_nodes)]
+        for c in classes:
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            cuts = (np.cumsum(rng.dirichlet(alpha * np.ones(num_nodes)))[:-1] * len(idx))
+            for node, chunk in enumerate(np.split(idx, cuts.astype(int))):
+                parts[node].extend(chunk.tolist())
+        if min(len(p) for p in parts) >= min_size:
+            return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+    raise ValueError(
+        f"dirichlet: alpha={alpha} left a node with < {min_size} samples in {max_tries} draws; "
+        f"raise alpha or use fewer nodes than {num_nodes}"
+    )
+
+
+def shard_partition(labels: np.ndarray, num_nodes: int, classes_per_node: int,
+                    rng: np.random.Generator) -> list[np.ndarray]:
+    """Pathological-k split: each node holds exactly ``classes_per_node`` classes.
+
+    Node i takes classes perm[(i k + j) mod C], j < k, from one random class permutation, so
+    every class is held by about n k / C nodes; each class's samples are split evenly among its
+    holders. With n k < C some classes are held by no one.
+    """
+    classes = np.unique(labels)
+    if not 1 <= classes_per_node <= len(classes):
+        raise ValueError(
+            f"shards: classes per node must be in 1..{len(classes)}, got {classes_per_node}")
+    perm = rng.permutation(classes)
+    holders: dict[int, list[int]] = {int(c): [] for c in classes}
+    for i in range(num_nodes):
+        for j in range(classes_per_node):
+            holders[int(perm[(i * classes_per_node + j) % len(classes)])].append(i)
+    parts: list[list[int]] = [[] for _ in range(num_nodes)]
+    for c, nodes in holders.items():
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        for node, chunk in zip(nodes, np.array_split(idx, max(1, len(nodes)))):
+            parts[node].extend(chunk.tolist())
+    return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+
+
+PARTITIONS = ("iid", "dirichlet", "shards", "natural")
+
+
+def partition(dataset: Dataset, num_nodes: int, scheme: str, seed: int, alpha: float = 0.5,
+              classes_per_node: int = 2) -> list[np.ndarray]:
+    """Per-node train indices for ``scheme``; the same seed always gives the same split."""
+    labels = dataset.y_train.numpy()
+    if num_nodes < 1 or num_nodes > len(labels):
+        raise ValueError(f"partition: need 1 <= nodes <= {len(labels)} samples, got {num_nodes}")
+    rng = np.random.default_rng(derive_seed(seed, "partition"))
+    if scheme == "iid":
+        return iid_partition(labels, num_nodes, rng)
+    if scheme == "dirichlet":
+        return dirichlet_partition(labels, num_nodes, alpha, rng)
+    if scheme == "shards":
+        return shard_partition(labels, num_nodes, classes_per_node, rng)
+    if scheme == "natural":
+        if dataset.natural_parts is None or len(dataset.natural_parts) != num_nodes:
+            raise ValueError(
+                f"partition 'natural' needs a data set generated per node (synthetic) with "
+                f"{num_nodes} parts; {dataset.name} has none")
+        return dataset.natural_parts
+    raise ValueError(f"unknown partition {scheme!r}; valid: {', '.join(PARTITIONS)}")
+
+
+DATASETS = ("digits", "synthetic")
+
+
+def load_dataset(name: str, num_nodes: int, seed: int, synthetic_alpha: float = 1.0,
+                 synthetic_beta: float = 1.0) -> Dataset:
+    if name == "digits":
+        return load_digits()
+    if name == "synthetic":
+        return synthetic(synthetic_alpha, synthetic_beta, num_nodes, seed)
+    raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")

@@ -1,0 +1,136 @@
+"""Local training on flat parameter vectors: SGD and SAM steps (spec sections 1.2 and 2.1).
+
+The optimizer is written directly on the flat vectors instead of ``torch.optim``: one fused update
+over the whole model, a momentum buffer that is itself one vector (simple to checkpoint and never
+mixed: it stays local, spec 0.2), and the same code for every algorithm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from node.model import FlatModel
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local optimizer settings. ``lr_decay`` is per round: lr_t = lr * lr_decay**t (spec 2.3)."""
+
+    lr: float = 0.05
+    lr_decay: float = 0.998
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 16
+    local_steps: int = 1
+    rho: float = 0.0
+
+    def lr_at(self, round_index: int) -> float:
+        return self.lr * self.lr_decay ** round_index
+
+
+def sgd_step(params: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Tensor, lr: float,
+             momentum: float, weight_decay: float) -> None:
+    """In place: d = g + wd x; buf = m buf + d; x -= lr buf (torch.optim.SGD semantics with
+    dampening 0; a zero buffer makes the first step identical to torch's lazily created one)."""
+    step = grad.add(params, alpha=weight_decay) if weight_decay else grad
+    if momentum:
+        momentum_buffer.mul_(momentum).add_(step)
+        step = momentum_buffer
+    params.add_(step, alpha=-lr)
+
+
+def sam_gradient(params: torch.Tensor, grad: torch.Tensor, compute_gradient: Callable[[], float],
+                 rho: float) -> float:
+    """Leave in ``grad`` the SAM gradient at x + rho g/||g|| and return the loss at x.
+
+    Two passes on the same minibatch (spec 2.1): g = grad F(x); e = rho g / (||g||_2 + 1e-12) with
+    the global norm over all parameters; g~ = grad F(x + e); then x is restored exactly from a saved
+    copy. With rho = 0 this is one plain gradient evaluation, so DFedSAM with rho = 0 is DFedAvg
+    operation for operation.
+    """
+    loss = compute_gradient()
+    if rho == 0.0:
+        return loss
+    scale = rho / (float(grad.norm()) + 1e-12)
+    saved = params.clone()
+    params.add_(grad, alpha=scale)
+    compute_gradient()
+    params.copy_(saved)
+    return loss
+
+
+class BatchSampler:
+    """Epoch-wise shuffled minibatches from one peer's shard, driven by its own generator.
+
+    A new permutation starts whenever fewer than ``batch_size`` unseen samples remain; a shard
+    smaller than one batch yields the whole shard each step.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int):
+        if size < 1:
+            raise ValueError("a peer needs at least one training sample")
+        self.size, self.batch_size = size, min(batch_size, size)
+        self.generator = torch.Generator().manual_seed(seed)
+        self._order = torch.empty(0, dtype=torch.int64)
+        self._position = 0
+
+    def next(self) -> torch.Tensor:
+        if self._position + self.batch_size > len(self._order):
+            self._order = torch.randperm(self.size, generator=self.generator)
+            self._position = 0
+        batch = self._order[self._position:self._position + self.batch_size]
+        self._position += self.batch_size
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self._order.clone(),
+                "position": self._position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._order, self._position = state["order"].clone(), int(state["position"])
+
+
+class LocalTrainer:
+    """K local steps of SGD or SAM on one peer's shard, with its local momentum buffer."""
+
+    def __init__(self, model: FlatModel, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
+                 seed: int):
+        self.model, self.x, self.y, self.config = model, x, y, config
+        self.sampler = BatchSampler(len(y), config.batch_size, seed)
+        self.momentum_buffer = torch.zeros_like(model.params)
+
+    def _gradient_on(self, batch: torch.Tensor) -> Callable[[], float]:
+        xb, yb = self.x[batch], self.y[batch]
+
+        def compute() -> float:
+            self.model.grad.zero_()
+            loss = F.cross_entropy(self.model.module(xb), yb)
+            loss.backward()
+            return float(loss.detach())
+
+        return compute
+
+    def train(self, round_index: int, steps: int | None = None) -> float:
+        """Run ``steps`` (default: config.local_steps) steps; return the mean minibatch loss."""
+        cfg, model = self.config, self.model
+        steps = cfg.local_steps if steps is None else steps
+        lr = cfg.lr_at(round_index)
+        total = 0.0
+        for _ in range(steps):
+            compute = self._gradient_on(self.sampler.next())
+            total += sam_gradient(model.params, model.grad, compute, cfg.rho)
+            with torch.no_grad():
+                sgd_step(model.params, model.grad, self.momentum_buffer, lr, cfg.momentum,
+                         cfg.weight_decay)
+        return total / max(steps, 1)
+
+
+@torch.no_grad()
+def accuracy(model: FlatModel, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of ``x`` that ``model`` classifies as ``y``."""
+    return float((model.module(x).argmax(dim=1) == y).float().mean())

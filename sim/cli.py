@@ -1,0 +1,155 @@
+"""``python -m sim``: run a decentralized-learning simulation from flags and/or a TOML file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from node import ALGORITHM_NAMES, DATASETS, MODELS, PARTITIONS
+from sim.config import FIELDS, ConfigError, SimConfig, build_config, load_toml
+from sim.engine import Simulation
+from sim.report import MetricsWriter, ProgressBar, summary_table
+from topology import TOPOLOGY_NAMES, TopologyError
+
+_CHOICES = {
+    "dataset": DATASETS,
+    "partition": PARTITIONS,
+    "topology": TOPOLOGY_NAMES,
+    "algorithm": ALGORITHM_NAMES,
+    "model": tuple(MODELS),
+}
+# key -> (lowest allowed value, whether the bound is exclusive)
+_LOWER_BOUNDS = {
+    "nodes": (2, False), "rounds": (1, False), "batch_size": (1, False), "eval_every": (1, False),
+    "threads": (1, False), "classes_per_node": (1, False), "lr": (0.0, True),
+    "alpha": (0.0, True), "lr_decay": (0.0, True), "momentum": (0.0, False),
+    "weight_decay": (0.0, False), "degree": (1, False), "probability": (0.0, False),
+    "attach": (1, False), "radius": (0.0, True), "synthetic_alpha": (0.0, False),
+    "synthetic_beta": (0.0, False),
+}
+
+
+def flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def validate(config: SimConfig) -> None:
+    """Raise ConfigError naming the flag and the valid values for the first bad setting."""
+    for key, valid in _CHOICES.items():
+        value = getattr(config, key)
+        if value not in valid:
+            raise ConfigError(f"{flag(key)}: unknown {value!r}; valid: {', '.join(valid)}")
+    for key, (low, exclusive) in _LOWER_BOUNDS.items():
+        value = getattr(config, key)
+        if value is not None and (value <= low if exclusive else value < low):
+            raise ConfigError(f"{flag(key)}: must be {'>' if exclusive else '>='} {low}, "
+                              f"got {value}")
+    if config.momentum >= 1.0:
+        raise ConfigError(f"--momentum: must be < 1, got {config.momentum}")
+    if config.graph and not Path(config.graph).exists():
+        raise ConfigError(f"--graph: file {config.graph} does not exist")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = SimConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m sim",
+        description="Simulate n decentralized peers in one process: local SGD/SAM steps, then "
+                    "gossip averaging with Metropolis weights, then a final global merge. Writes "
+                    "OUT/metrics.jsonl, OUT/summary.json and OUT/accuracy.png.",
+        epilog="Settings can also come from a TOML file (--config) whose keys are these flag "
+               "names; flags override it. Example: python -m sim --nodes 16 --topology ring "
+               "--algorithm dfedsam-mgs --partition dirichlet --alpha 0.3 --out runs/x",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=None,
+    )
+    add = p.add_argument
+    add("--config", metavar="FILE", help="TOML file with any of the settings below")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help=f"one of: {', '.join(DATASETS)} (default {d.dataset})")
+    g.add_argument("--partition", help=f"one of: {', '.join(PARTITIONS)}; 'natural' keeps "
+                   f"the synthetic generator's per-node split (default {d.partition})")
+    g.add_argument("--alpha", type=float, help=f"Dirichlet concentration (default {d.alpha})")
+    g.add_argument("--classes-per-node", type=int,
+                   help=f"classes per node for --partition shards (default {d.classes_per_node})")
+    g.add_argument("--synthetic-alpha", type=float, help="LEAF synthetic alpha (default 1)")
+    g.add_argument("--synthetic-beta", type=float, help="LEAF synthetic beta (default 1)")
+    g = p.add_argument_group("graph")
+    g.add_argument("--nodes", type=int, help=f"number of peers (default {d.nodes})")
+    g.add_argument("--topology", help=f"one of: {', '.join(TOPOLOGY_NAMES)} "
+                   f"(default {d.topology})")
+    g.add_argument("--graph", metavar="FILE", help="load the graph from an edge list or .json "
+                   "file instead of --topology")
+    g.add_argument("--degree", type=int, help="degree of random-regular, neighbours of "
+                   "watts-strogatz (default 4)")
+    g.add_argument("--probability", type=float, help="edge probability of erdos-renyi "
+                   "(default 0.3), rewiring probability of watts-strogatz (default 0.1)")
+    g.add_argument("--attach", type=int, help="edges per new node (m) of barabasi-albert "
+                   "(default 2)")
+    g.add_argument("--radius", type=float, help="radius of random-geometric (default 0.3)")
+    g = p.add_argument_group("algorithm")
+    g.add_argument("--algorithm", help=f"one of: {', '.join(ALGORITHM_NAMES)} "
+                   f"(default {d.algorithm})")
+    g.add_argument("--rounds", type=int, help=f"training rounds (default {d.rounds})")
+    g.add_argument("--local-steps", type=int, help="local steps K per round (default: 1 for "
+                   "dsgd, 5 otherwise)")
+    g.add_argument("--gossip-steps", type=int, help="gossip steps Q per round (dfedsam-mgs, "
+                   "default 4)")
+    g.add_argument("--rho", type=float, help="SAM radius (dfedsam*, default 0.05)")
+    g.add_argument("--no-final-merge", dest="final_merge", action="store_const", const=False,
+                   help="skip the final global merge")
+    g = p.add_argument_group("local optimizer and model")
+    g.add_argument("--model", help=f"one of: {', '.join(MODELS)} (default {d.model})")
+    g.add_argument("--lr", type=float, help=f"learning rate (default {d.lr})")
+    g.add_argument("--lr-decay", type=float, help=f"per-round lr factor (default {d.lr_decay})")
+    g.add_argument("--momentum", type=float, help=f"local momentum (default {d.momentum})")
+    g.add_argument("--weight-decay", type=float, help=f"(default {d.weight_decay})")
+    g.add_argument("--batch-size", type=int, help=f"(default {d.batch_size})")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, help=f"seeds the split, init, graph, batches "
+                   f"(default {d.seed})")
+    g.add_argument("--eval-every", type=int, help=f"evaluate every N rounds "
+                   f"(default {d.eval_every})")
+    g.add_argument("--threads", type=int, help=f"torch CPU threads (default {d.threads})")
+    g.add_argument("--out", metavar="DIR", help="output folder (default runs/<algorithm>-"
+                   "<topology>-s<seed>)")
+    g.add_argument("--quiet", action="store_true", default=False,
+                   help="no progress bar and no final table")
+    p.set_defaults(**{k: None for k in FIELDS})
+    return p
+
+
+def parse_config(argv: Sequence[str] | None = None) -> tuple[SimConfig, bool]:
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    quiet = args.pop("quiet")
+    config_file = args.pop("config")
+    try:
+        file_settings = load_toml(config_file) if config_file else {}
+        config = build_config(file_settings, args)
+        validate(config)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    if config.out is None:
+        config.out = f"runs/{config.algorithm}-{config.topology}-s{config.seed}"
+    return config, quiet
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, quiet = parse_config(argv)
+    torch.set_num_threads(config.threads)
+    try:
+        sim = Simulation.from_config(
+            config, [MetricsWriter(config.out), ProgressBar(disable=quiet)])
+    except (ValueError, TopologyError) as exc:
+        print(f"python -m sim: error: {exc}", file=sys.stderr)
+        return 2
+    summary = sim.run()
+    if not quiet:
+        print(summary_table(summary))
+        print(f"\nwrote {config.out}/metrics.jsonl, summary.json, accuracy.png")
+    return 0

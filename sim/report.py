@@ -1,0 +1,88 @@
+"""Observers that turn engine events into files, a progress bar and a final table."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+
+class MetricsWriter:
+    """DIR/metrics.jsonl (one line per evaluated round), DIR/summary.json, DIR/accuracy.png."""
+
+    def __init__(self, out_dir: str | Path, plot: bool = True):
+        self.out = Path(out_dir)
+        self.plot = plot
+        self.rows: list[dict[str, Any]] = []
+        self._fh: TextIO | None = None
+
+    def on_start(self, sim) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._fh = (self.out / "metrics.jsonl").open("w")
+
+    def on_round(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        assert self._fh is not None
+        self._fh.write(json.dumps(row) + "\n")
+        self._fh.flush()
+
+    def on_end(self, summary: dict[str, Any]) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.plot:
+            from sim.plots import plot_accuracy
+
+            title = f"{summary['algorithm']['name']} on {summary['config']['topology']}, " \
+                    f"{summary['config']['nodes']} peers, seed {summary['seed']}"
+            plot_accuracy(self.rows, self.out / "accuracy.png", title)
+
+
+class ProgressBar:
+    """One tqdm line on stderr with the latest mean and merged accuracy."""
+
+    def __init__(self, stream: TextIO = sys.stderr, disable: bool = False):
+        self.stream, self.disable = stream, disable
+        self._bar: tqdm | None = None
+
+    def on_start(self, sim) -> None:
+        self._bar = tqdm(total=sim.config.rounds, desc="rounds", unit="rnd", file=self.stream,
+                         disable=self.disable, dynamic_ncols=True)
+
+    def on_round(self, row: dict[str, Any]) -> None:
+        assert self._bar is not None
+        self._bar.update(row["round"] - self._bar.n)
+        self._bar.set_postfix(mean_acc=f"{row['mean_acc']:.3f}", merged=f"{row['merged_acc']:.3f}",
+                              refresh=False)
+
+    def on_end(self, summary: dict[str, Any]) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def format_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A plain aligned text table (floats with 4 decimals)."""
+    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[k]) for r in cells)) for k, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """Per-peer accuracy before and after the final merge, then the run's headline figures."""
+    before = summary["node_accuracy"]
+    after = summary.get("node_accuracy_after_merge", {})
+    rows = [[int(i), summary["node_samples"][i], before[i], after.get(i, float("nan"))]
+            for i in before]
+    table = format_table(["peer", "samples", "accuracy", "after merge"], rows)
+    footer = format_table(
+        ["mean acc", "min acc", "merged acc", "consensus", "MB sent", "s/round"],
+        [[summary["mean_acc"], summary["min_acc"], summary["merged_acc"],
+          f"{summary['consensus_distance']:.3g}", f"{summary['bytes_sent'] / 1e6:.1f}",
+          f"{summary['seconds_per_round']:.4f}"]])
+    return table + "\n\n" + footer
