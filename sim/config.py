@@ -1,4 +1,5 @@
-"""Every setting of a simulation run, with its default; TOML files and flags fill the same fields."""
+"""Every setting of a simulation run, with its default; TOML files and flags fill the same
+fields."""
 
 from __future__ import annotations
 
@@ -93,8 +94,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     for key, value in raw.items():
         name = key.replace("-", "_")
         if name not in FIELDS:
-            raise ConfigError(
-                f"{path}: unknown key '{key}'; valid: {', '.join(k.replace('_', '-') for k in FIELDS)}")
+            valid = ", ".join(k.replace("_", "-") for k in FIELDS)
+            raise ConfigError(f"{path}: unknown key '{key}'; valid: {valid}")
         settings[name] = _check_type(name, value, str(path))
     return settings
 

@@ -92,7 +92,8 @@ def erdos_renyi(n: int, probability: float = 0.3, seed: int = 0) -> nx.Graph:
         "erdos-renyi",
         lambda s: nx.gnp_random_graph(n, probability, seed=s),
         seed,
-        f"probability={probability} is below the connectivity threshold ln(n)/n={math.log(n) / n:.3f}",
+        f"probability={probability} is below the connectivity threshold "
+        f"ln(n)/n={math.log(n) / n:.3f}",
     )
 
 
@@ -121,7 +122,8 @@ def barabasi_albert(n: int, attach: int = 2, seed: int = 0) -> nx.Graph:
 
 
 def watts_strogatz(n: int, degree: int = 4, probability: float = 0.1, seed: int = 0) -> nx.Graph:
-    """Small world: ring lattice with ``degree`` nearest neighbours, rewired with ``probability``."""
+    """Small world: ring lattice with ``degree`` nearest neighbours, each edge rewired with
+    ``probability``."""
     _check_n("watts-strogatz", n, 3)
     if not 2 <= degree < n:
         raise TopologyError(f"watts-strogatz: degree must satisfy 2 <= degree < n, got {degree}")
