@@ -2,9 +2,16 @@
 
 from sim.config import ConfigError, SimConfig, build_config, load_toml
 from sim.engine import Observer, Simulation, build_topology
-from sim.report import MetricsWriter, ProgressBar, format_table, summary_table
+from sim.report import (
+    MetricsWriter,
+    ProgressBar,
+    format_table,
+    summary_table,
+    write_results_section,
+)
 
 __all__ = [
     "ConfigError", "MetricsWriter", "Observer", "ProgressBar", "SimConfig", "Simulation",
     "build_config", "build_topology", "format_table", "load_toml", "summary_table",
+    "write_results_section",
 ]

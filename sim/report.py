@@ -86,3 +86,19 @@ def summary_table(summary: dict[str, Any]) -> str:
           f"{summary['consensus_distance']:.3g}", f"{summary['bytes_sent'] / 1e6:.1f}",
           f"{summary['seconds_per_round']:.4f}"]])
     return table + "\n\n" + footer
+
+
+def write_results_section(path: str | Path, key: str, markdown: str) -> None:
+    """Replace (or append) the section of ``path`` between the markers of ``key``, so that each
+    study rewrites only its own part of docs/results.md."""
+    path = Path(path)
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    block = f"{start}\n{markdown.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Results\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
