@@ -30,7 +30,8 @@ def compute_bound(samples: int, steps: int, repeats: int) -> float:
     """Seconds for ``steps`` forward+backward passes of ``samples`` samples through one model."""
     data = load_digits()
     model = build_model("mlp", 64, 10, seed=0)
-    idx = torch.randint(0, len(data.y_train), (samples,), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, len(data.y_train), (samples,), generator=generator)
     xb, yb = data.x_train[idx], data.y_train[idx]
 
     def once():
