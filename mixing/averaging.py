@@ -33,16 +33,18 @@ def weighted_average(
 ) -> torch.Tensor:
     """x_i' = w_ii x_i + sum_j w_ij x_j with w_ii = 1 - sum_j w_ij (one gossip step, spec 1.1).
 
-    Only neighbours present in both ``received`` and ``weights`` count. Returns a new tensor; the
-    caller copies it into its flat parameters.
+    Only neighbours present in both ``received`` and ``weights`` count. They are summed in order of
+    their ids, so the result does not depend on the order in which messages arrived (a networked
+    peer and the simulator get the same bits). Returns a new tensor; the caller copies it into its
+    flat parameters.
     """
-    used = [j for j in received if j in weights]
+    used = sorted(j for j in received if j in weights)
     self_weight = 1.0 - sum(weights[j] for j in used)
     if self_weight < -1e-9:
         raise ValueError(f"neighbour weights sum to {1 - self_weight:.6f} > 1")
     out = own * self_weight
     for j in used:
-        out.add_(received[j], alpha=weights[j])
+        out.add_(received[j].to(out.device), alpha=weights[j])
     return out
 
 

@@ -17,7 +17,7 @@ from node.data import (
     shard_partition,
     synthetic,
 )
-from node.learner import Learner
+from node.learner import Learner, make_learner
 from node.model import MODELS, FlatModel, TensorSlice, build_model
 from node.seeding import derive_seed
 from node.training import (
@@ -33,6 +33,6 @@ __all__ = [
     "ALGORITHM_NAMES", "DATASETS", "MODELS", "PARTITIONS", "Algorithm", "BatchSampler", "Dataset",
     "FlatModel", "Learner", "LocalTrainer", "TensorSlice", "TrainConfig", "accuracy",
     "build_model", "derive_seed", "dirichlet_partition", "iid_partition", "load_dataset",
-    "load_digits", "partition", "resolve_algorithm", "sam_gradient", "sgd_step",
+    "load_digits", "make_learner", "partition", "resolve_algorithm", "sam_gradient", "sgd_step",
     "shard_partition", "synthetic",
 ]

@@ -13,7 +13,8 @@ import torch
 
 from mixing import neighbour_weights, weighted_average
 from node.algorithms import Algorithm
-from node.model import FlatModel
+from node.data import Dataset
+from node.model import FlatModel, build_model
 from node.seeding import derive_seed
 from node.training import LocalTrainer, TrainConfig, accuracy
 
@@ -54,3 +55,17 @@ class Learner:
 
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         return accuracy(self.model, x, y)
+
+
+def make_learner(node_id: int, data: Dataset, shard: torch.Tensor, model: str, train: TrainConfig,
+                 algorithm: Algorithm, seed: int, device: str = "cpu") -> Learner:
+    """Peer ``node_id`` of a run with seed ``seed``: the shared init and its own data shard.
+
+    The simulator and the networked peer both build their learners here, which is what makes
+    their runs comparable number for number.
+    """
+    flat = build_model(model, data.in_features, data.num_classes, derive_seed(seed, "init"),
+                       device)
+    index = torch.as_tensor(shard, dtype=torch.int64)
+    return Learner(node_id, flat, data.x_train[index].to(device), data.y_train[index].to(device),
+                   train, algorithm, seed)

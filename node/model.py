@@ -36,8 +36,9 @@ class FlatModel:
         named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
         total = sum(p.numel() for _, p in named)
         dtype = named[0][1].dtype if named else torch.float32
-        self.params = torch.empty(total, dtype=dtype)
-        self.grad = torch.zeros(total, dtype=dtype)
+        device = named[0][1].device if named else torch.device("cpu")
+        self.params = torch.empty(total, dtype=dtype, device=device)
+        self.grad = torch.zeros(total, dtype=dtype, device=device)
         layout = []
         offset = 0
         for name, p in named:
@@ -103,11 +104,13 @@ MODELS: dict[str, Callable[[int, int], nn.Module]] = {
 }
 
 
-def build_model(name: str, in_features: int, num_classes: int, seed: int) -> FlatModel:
-    """A freshly initialised model whose init depends only on ``seed`` (global RNG untouched)."""
+def build_model(name: str, in_features: int, num_classes: int, seed: int,
+                device: str = "cpu") -> FlatModel:
+    """A freshly initialised model whose init depends only on ``seed`` (global RNG untouched);
+    the init is drawn on the CPU and then moved, so it is the same on every device."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = MODELS[name](in_features, num_classes)
-    return FlatModel(module)
+    return FlatModel(module.to(device))

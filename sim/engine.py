@@ -24,9 +24,9 @@ from node import (
     Learner,
     TrainConfig,
     accuracy,
-    build_model,
     derive_seed,
     load_dataset,
+    make_learner,
     partition,
     resolve_algorithm,
 )
@@ -89,13 +89,8 @@ class Simulation:
                           config.classes_per_node)
         train = TrainConfig(lr=config.lr, lr_decay=config.lr_decay, momentum=config.momentum,
                             weight_decay=config.weight_decay, batch_size=config.batch_size)
-        init_seed = derive_seed(config.seed, "init")
-        learners = []
-        for i, idx in enumerate(parts):
-            model = build_model(config.model, data.in_features, data.num_classes, init_seed)
-            index = torch.as_tensor(idx, dtype=torch.int64)
-            learners.append(Learner(i, model, data.x_train[index], data.y_train[index], train,
-                                    algorithm, config.seed))
+        learners = [make_learner(i, data, idx, config.model, train, algorithm, config.seed)
+                    for i, idx in enumerate(parts)]
         return cls(config, topology, learners, data.x_test, data.y_test, list(observers),
                    alive=set(range(config.nodes)))
 
