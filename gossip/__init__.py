@@ -1,5 +1,11 @@
-"""The wire: how flat parameter vectors become bytes and back."""
+"""The wire: message schema, tensor codecs and transports (HTTP and in-memory)."""
 
-from gossip.codec import FLOAT32, CodecError, decode_float32, encode_float32, encoded_size
+from gossip.codec import CODECS, CodecError, decode, encode, encoded_size
+from gossip.messages import KINDS, VERSION, Message, MessageError, decode_message, encode_message
+from gossip.transport import HttpTransport, InMemoryHub, InMemoryTransport, Transport
 
-__all__ = ["FLOAT32", "CodecError", "decode_float32", "encode_float32", "encoded_size"]
+__all__ = [
+    "CODECS", "KINDS", "VERSION", "CodecError", "HttpTransport", "InMemoryHub",
+    "InMemoryTransport", "Message", "MessageError", "Transport", "decode", "decode_message",
+    "encode", "encode_message", "encoded_size",
+]

@@ -32,14 +32,15 @@ class Dataset:
         return self.x_train.shape[1]
 
 
-def load_digits() -> Dataset:
-    """scikit-learn's bundled 8x8 digits: stratified 75/25 split, standardised on the train part."""
+def load_digits(test_fraction: float = 0.25) -> Dataset:
+    """scikit-learn's bundled 8x8 digits: a fixed stratified split (75/25 by default),
+    standardised on the train part."""
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 
     bunch = sk_digits()
     x_tr, x_te, y_tr, y_te = train_test_split(
-        bunch.data, bunch.target, test_size=0.25, stratify=bunch.target,
+        bunch.data, bunch.target, test_size=test_fraction, stratify=bunch.target,
         random_state=DIGITS_SPLIT_SEED,
     )
     mean, std = x_tr.mean(axis=0), x_tr.std(axis=0)
@@ -185,9 +186,9 @@ DATASETS = ("digits", "synthetic")
 
 
 def load_dataset(name: str, num_nodes: int, seed: int, synthetic_alpha: float = 1.0,
-                 synthetic_beta: float = 1.0) -> Dataset:
+                 synthetic_beta: float = 1.0, test_fraction: float = 0.25) -> Dataset:
     if name == "digits":
-        return load_digits()
+        return load_digits(test_fraction)
     if name == "synthetic":
         return synthetic(synthetic_alpha, synthetic_beta, num_nodes, seed)
     raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")

@@ -56,16 +56,29 @@ class Learner:
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         return accuracy(self.model, x, y)
 
+    def state_dict(self) -> dict:
+        """Everything a restarted peer needs to continue bit for bit: parameters, the local
+        momentum buffer and the minibatch stream's position and RNG."""
+        return {"params": self.model.params.detach().cpu().clone(),
+                "momentum": self.trainer.momentum_buffer.detach().cpu().clone(),
+                "sampler": self.trainer.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load(state["params"].to(self.model.params.device))
+        self.trainer.momentum_buffer.copy_(state["momentum"])
+        self.trainer.sampler.load_state_dict(state["sampler"])
+
 
 def make_learner(node_id: int, data: Dataset, shard: torch.Tensor, model: str, train: TrainConfig,
-                 algorithm: Algorithm, seed: int, device: str = "cpu") -> Learner:
+                 algorithm: Algorithm, seed: int, device: str = "cpu", hidden: int = 64
+                 ) -> Learner:
     """Peer ``node_id`` of a run with seed ``seed``: the shared init and its own data shard.
 
     The simulator and the networked peer both build their learners here, which is what makes
     their runs comparable number for number.
     """
     flat = build_model(model, data.in_features, data.num_classes, derive_seed(seed, "init"),
-                       device)
+                       device, hidden)
     index = torch.as_tensor(shard, dtype=torch.int64)
     return Learner(node_id, flat, data.x_train[index].to(device), data.y_train[index].to(device),
                    train, algorithm, seed)

@@ -105,12 +105,16 @@ MODELS: dict[str, Callable[[int, int], nn.Module]] = {
 
 
 def build_model(name: str, in_features: int, num_classes: int, seed: int,
-                device: str = "cpu") -> FlatModel:
+                device: str = "cpu", hidden: int = 64) -> FlatModel:
     """A freshly initialised model whose init depends only on ``seed`` (global RNG untouched);
-    the init is drawn on the CPU and then moved, so it is the same on every device."""
+    the init is drawn on the CPU and then moved, so it is the same on every device. ``hidden``
+    is the MLP's hidden width."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = MODELS[name](in_features, num_classes)
+        if name == "mlp":
+            module = MLP(in_features, num_classes, hidden)
+        else:
+            module = MODELS[name](in_features, num_classes)
     return FlatModel(module.to(device))

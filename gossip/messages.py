@@ -1,0 +1,116 @@
+"""The versioned msgpack message schema, with explicit validation (no pickle anywhere).
+
+A message is a msgpack map with exactly these keys::
+
+    v       int    schema version (1)
+    kind    str    "model" (a gossip step) or "merge" (a flood step of the final global merge)
+    sender  int    the sender's peer id
+    round   int    training round (merge messages carry the number of rounds)
+    step    int    gossip step within the round, or flood step of the merge
+    degree  int    the sender's degree, for Metropolis weights
+    codec   str    tensor codec of every vector (gossip.codec.CODECS)
+    length  int    values per vector (must equal the receiver's model size)
+    vectors list   [[origin id, bytes], ...]: one entry (origin = sender) for "model",
+                   zero or more for "merge" (models being flooded)
+    final   bool   merge only: the sender has the whole component and sends nothing more
+
+A bad message raises ``MessageError`` with the HTTP status to answer: 400 malformed, unknown
+version or kind, wrong types; 413 over the size limit; 422 well-formed but unusable (length
+mismatch, non-finite values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgpack
+import torch
+
+from gossip.codec import CODECS, CodecError, decode, encode
+
+VERSION = 1
+KINDS = ("model", "merge")
+_INT_KEYS = ("v", "sender", "round", "step", "degree", "length")
+_KEYS = frozenset(_INT_KEYS + ("kind", "codec", "vectors", "final"))
+
+
+class MessageError(ValueError):
+    """A rejected message; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class Message:
+    kind: str
+    sender: int
+    round: int
+    step: int
+    degree: int
+    vectors: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    codec: str = "f32"
+    final: bool = False
+
+    def vector(self) -> torch.Tensor:
+        """The single model of a "model" message."""
+        return self.vectors[0][1]
+
+
+def encode_message(message: Message, length: int) -> bytes:
+    """msgpack bytes of ``message``; every vector must have ``length`` values."""
+    for origin, vec in message.vectors:
+        if vec.numel() != length:
+            raise ValueError(f"vector of origin {origin} has {vec.numel()} values, not {length}")
+    return msgpack.packb({
+        "v": VERSION, "kind": message.kind, "sender": message.sender, "round": message.round,
+        "step": message.step, "degree": message.degree, "codec": message.codec,
+        "length": length, "vectors": [[o, encode(vec, message.codec)] for o, vec in
+                                      message.vectors],
+        "final": message.final,
+    }, use_bin_type=True)
+
+
+def _require(condition: bool, reason: str, status: int = 400) -> None:
+    if not condition:
+        raise MessageError(status, reason)
+
+
+def decode_message(body: bytes, expected_length: int, max_bytes: int) -> Message:
+    """Parse and validate ``body``; raise MessageError (with its status) on anything wrong."""
+    _require(len(body) <= max_bytes, f"body of {len(body)} bytes over the limit {max_bytes}", 413)
+    try:
+        raw = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise MessageError(400, f"not msgpack: {type(exc).__name__}") from exc
+    _require(isinstance(raw, dict), f"expected a map, got {type(raw).__name__}")
+    _require(raw.get("v") == VERSION, f"unsupported version {raw.get('v')!r}; this peer "
+             f"speaks {VERSION}")
+    _require(raw.get("kind") in KINDS, f"unknown kind {raw.get('kind')!r}; valid: "
+             f"{', '.join(KINDS)}")
+    _require(set(raw) == _KEYS, f"keys {sorted(set(raw) ^ _KEYS)} missing or unexpected")
+    for key in _INT_KEYS:
+        _require(type(raw[key]) is int and raw[key] >= 0, f"{key} must be a non-negative int")
+    _require(raw["codec"] in CODECS, f"unknown codec {raw['codec']!r}")
+    _require(type(raw["final"]) is bool, "final must be a bool")
+    _require(raw["length"] == expected_length,
+             f"vector length {raw['length']} does not match the model's {expected_length}", 422)
+    vectors = raw["vectors"]
+    _require(isinstance(vectors, list), "vectors must be a list")
+    if raw["kind"] == "model":
+        _require(len(vectors) == 1, "a model message carries exactly one vector")
+    decoded = []
+    for entry in vectors:
+        _require(isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int
+                 and isinstance(entry[1], bytes), "each vector must be [origin int, bytes]")
+        try:
+            vec = decode(entry[1], expected_length, raw["codec"])
+        except CodecError as exc:
+            raise MessageError(422, str(exc)) from exc
+        _require(bool(torch.isfinite(vec).all()), f"non-finite values in the vector of origin "
+                 f"{entry[0]}", 422)
+        decoded.append((entry[0], vec))
+    return Message(raw["kind"], raw["sender"], raw["round"], raw["step"], raw["degree"], decoded,
+                   raw["codec"], raw["final"])
