@@ -1,0 +1,230 @@
+import asyncio
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import msgpack
+import pytest
+import torch
+
+import topology as T
+from gossip import Message, encode, encode_message
+from node import load_digits
+from node.checkpoint import load_checkpoint
+from node.config import AlgorithmSection, DataSection, GossipSection, PeerConfig
+from node.peer import JsonLog, Peer
+from sim import SimConfig, Simulation
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = load_digits()
+
+
+def peer_config(i, n, tmp_path, rounds, algorithm="dfedsam-mgs", gossip_steps=2, **gossip):
+    return PeerConfig(
+        id=i, rounds=rounds, seed=0, state_dir=str(tmp_path / f"peer{i}"),
+        data=DataSection(partition="dirichlet", alpha=0.5, shard=i, num_shards=n),
+        algorithm=AlgorithmSection(name=algorithm, gossip_steps=gossip_steps
+                                   if algorithm == "dfedsam-mgs" else None),
+        gossip=GossipSection(**gossip))
+
+
+async def start_peers(graph, tmp_path, rounds, **kwargs):
+    """Peers on 127.0.0.1 with OS-chosen ports, wired to their neighbours once all listen."""
+    n = graph.number_of_nodes()
+    peers = []
+    for i in range(n):
+        config = peer_config(i, n, tmp_path, rounds, **kwargs)
+        config.neighbours = {j: "http://127.0.0.1:1" for j in graph.neighbors(i)}
+        peers.append(Peer(config, data=DIGITS, log=JsonLog(i, stream=io.StringIO())))
+    for p in peers:
+        await p.start()
+    for p in peers:
+        p.transport.set_peers({j: peers[j].transport.url for j in p.neighbours})
+    return peers
+
+
+async def test_peers_over_loopback_http_equal_the_simulator(tmp_path):
+    graph = T.ring(5)
+    peers = await start_peers(graph, tmp_path, rounds=4, deadline_floor_s=30.0,
+                              deadline_ceiling_s=30.0)
+    for p in peers:
+        p.config.algorithm.final_merge = False
+    summaries = await asyncio.gather(*(p.run() for p in peers))
+    assert all(s["rounds_completed"] == 4 and s["bytes_out"] > 0 for s in summaries)
+    sim = Simulation.from_config(SimConfig(
+        nodes=5, topology="ring", rounds=4, partition="dirichlet", alpha=0.5, seed=0,
+        algorithm="dfedsam-mgs", gossip_steps=2, final_merge=False))
+    sim.run()
+    for peer, learner in zip(peers, sim.learners):
+        assert torch.allclose(peer.learner.params, learner.params, atol=1e-6)
+    assert not torch.allclose(peers[0].learner.params, peers[1].learner.params)
+
+
+async def test_final_merge_gives_every_peer_of_the_component_the_exact_average(tmp_path):
+    graph = T.build_graph("random-geometric", 6, seed=1, radius=0.6)
+    peers = await start_peers(graph, tmp_path, rounds=2, algorithm="dfedavg",
+                              deadline_floor_s=30.0, deadline_ceiling_s=30.0)
+    before = {}
+    originals = [p.final_merge for p in peers]
+
+    def capture(peer, original):
+        async def wrapped():
+            before[peer.id] = peer.learner.params.clone()
+            return await original()
+        return wrapped
+
+    for p, original in zip(peers, originals):
+        p.final_merge = capture(p, original)
+    summaries = await asyncio.gather(*(p.run() for p in peers))
+    exact = torch.stack([before[i].double() for i in range(6)]).mean(0).float()
+    for p, s in zip(peers, summaries):
+        assert torch.equal(p.learner.params, peers[0].learner.params)
+        assert s["component"] == list(range(6))
+    assert torch.allclose(peers[0].learner.params, exact, rtol=1e-6, atol=1e-7)
+
+
+async def test_a_peer_killed_mid_run_does_not_stall_the_others(tmp_path):
+    graph = T.ring(5)
+    ceiling = 1.0
+    peers = await start_peers(graph, tmp_path, rounds=8, algorithm="dfedavg",
+                              deadline_floor_s=0.2, deadline_ceiling_s=ceiling,
+                              startup_timeout_s=10.0)
+    victim = peers[0]
+    tasks = [asyncio.create_task(p.run()) for p in peers]
+
+    async def kill_after(rounds):
+        while victim.completed_rounds < rounds:
+            await asyncio.sleep(0.005)
+        tasks[0].cancel()
+
+    await kill_after(2)
+    survivors = await asyncio.gather(*tasks[1:])
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[0]
+    for s in survivors:
+        assert s["rounds_completed"] == 8
+        assert s["component"] == [1, 2, 3, 4]
+        assert s["merged_accuracy"] == survivors[0]["merged_accuracy"]
+    # every wait after the start-up rendezvous is bounded by the ceiling
+    for p in peers[1:]:
+        assert max(p.wait_times[1:]) <= ceiling + 0.3
+    assert 0 in peers[1].suspect or 0 in peers[4].suspect
+
+
+async def test_bad_messages_get_4xx_and_the_peer_keeps_training(tmp_path):
+    peers = await start_peers(T.complete(2), tmp_path, rounds=40, algorithm="dsgd",
+                              max_message_bytes=64 * 1024)
+    target = peers[0]
+    tasks = [asyncio.create_task(p.run()) for p in peers]
+    size = target.learner.model.size
+
+    def body(**changes):
+        raw = msgpack.unpackb(encode_message(Message("model", 1, 0, 0, 1, [(1, torch.zeros(size))]),
+                                             size), raw=False)
+        raw.update(changes)
+        return msgpack.packb(raw, use_bin_type=True)
+
+    cases = {
+        "malformed": (b"\x93\x01", 400),
+        "unknown kind": (body(kind="shutdown"), 400),
+        "wrong shape": (body(length=size + 1), 422),
+        "NaN": (body(vectors=[[1, encode(torch.full((size,), float("nan")))]]), 422),
+        "Inf": (body(vectors=[[1, encode(torch.full((size,), float("inf")))]]), 422),
+        "forged sender": (body(sender=7), 403),
+        "oversized": (b"\0" * (65 * 1024), 413),
+    }
+    async with aiohttp.ClientSession() as session:
+        for name, (payload, status) in cases.items():
+            async with session.post(f"{target.transport.url}/gossip", data=payload) as r:
+                assert r.status == status, name
+        async with session.get(f"{target.transport.url}/status") as r:
+            status = await r.json()
+        async with session.get(f"{target.transport.url}/metrics") as r:
+            metrics = await r.text()
+        async with session.get(f"{target.transport.url}/healthz") as r:
+            assert r.status == 200
+    summaries = await asyncio.gather(*tasks)
+    assert all(s["rounds_completed"] == 40 for s in summaries)
+    assert summaries[0]["accuracy"] > 0.5
+    assert sum(target.rejected.values()) == len(cases)
+    assert status["id"] == 0 and "live_neighbours" in status and "bytes_in" in status
+    assert 'decent_messages_rejected_total{status="422"} 3' in metrics
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def checkpoint_round(state_dir):
+    try:
+        state = load_checkpoint(state_dir)
+    except Exception:  # written atomically, but be lenient while the file appears
+        return 0
+    return 0 if state is None else state["round"]
+
+
+def test_a_peer_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
+    state = tmp_path / "state"
+    log = tmp_path / "peer.log"
+    command = [sys.executable, "-m", "node", "--id", "0", "--rounds", "600", "--state-dir",
+               str(state), "--log-file", str(log)]
+    procs = []
+    try:
+        procs.append(subprocess.Popen(command, cwd=ROOT))
+        killed_at = wait_for(lambda: checkpoint_round(state) >= 20, 60, "20 rounds")
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=10)
+        saved = checkpoint_round(state)
+        assert saved >= killed_at
+        procs.append(subprocess.Popen(command, cwd=ROOT))
+        assert procs[1].wait(timeout=120) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    resumed = [e for e in events if e["event"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["round"] == saved
+    rounds_after = [e["round"] for e in events[events.index(resumed[0]):] if e["event"] == "round"]
+    assert rounds_after[0] == saved + 1 and rounds_after[-1] == 600
+    final = json.loads((state / "final.json").read_text())
+    assert final["rounds_completed"] == 600
+
+
+def test_sigterm_stops_cleanly_after_the_current_step(tmp_path):
+    state = tmp_path / "state"
+    proc = subprocess.Popen([sys.executable, "-m", "node", "--id", "0", "--rounds", "100000",
+                             "--state-dir", str(state), "--log-file", str(tmp_path / "log")],
+                            cwd=ROOT)
+    try:
+        wait_for(lambda: checkpoint_round(state) >= 3, 60, "3 rounds")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    final = json.loads((state / "final.json").read_text())
+    assert final["state"] == "stopped" and 3 <= final["rounds_completed"] < 100000
+
+
+def test_bad_peer_config_names_the_key(tmp_path):
+    path = tmp_path / "peer.toml"
+    path.write_text('id = 1\n[gossip]\ndeadline_floor_s = -1\n')
+    result = subprocess.run([sys.executable, "-m", "node", "--config", str(path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert result.returncode == 2
+    assert "[gossip] deadline_floor_s must be > 0" in result.stderr
