@@ -31,9 +31,11 @@ class Transport(ABC):
         """Begin accepting messages (and serving ``routes``, where the transport has any)."""
 
     @abstractmethod
-    async def send(self, peer: int, body: bytes, timeout: float) -> int | None:
+    async def send(self, peer: int, body: bytes, timeout: float, retry: bool = True
+                   ) -> int | None:
         """Deliver ``body`` to ``peer``; the receiver's status, or None if it could not be
-        reached within ``timeout`` seconds."""
+        reached within ``timeout`` seconds. With ``retry``, a refused connection (a peer still
+        starting) is retried until the timeout; without, it fails at once (a peer that left)."""
 
     @abstractmethod
     async def close(self) -> None:
@@ -61,7 +63,8 @@ class InMemoryTransport(Transport):
     async def start(self, handler: Handler, routes: dict[str, GetRoute] | None = None) -> None:
         self.hub.handlers[self.node_id] = handler
 
-    async def send(self, peer: int, body: bytes, timeout: float) -> int | None:
+    async def send(self, peer: int, body: bytes, timeout: float, retry: bool = True
+                   ) -> int | None:
         handler = self.hub.handlers.get(peer)
         if handler is None:
             return None
@@ -112,13 +115,14 @@ class HttpTransport(Transport):
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit_per_host=4))
 
-    async def send(self, peer: int, body: bytes, timeout: float) -> int | None:
+    async def send(self, peer: int, body: bytes, timeout: float, retry: bool = True
+                   ) -> int | None:
         assert self._session is not None, "start() the transport before sending"
         url = self.peers.get(peer)
         if url is None:
             return None
         deadline = time.monotonic() + timeout
-        backoff = 0.02
+        backoff, dropped = 0.02, 0
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -129,10 +133,18 @@ class HttpTransport(Transport):
                         timeout=aiohttp.ClientTimeout(total=left)) as response:
                     await response.read()
                     return response.status
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
-                # not listening yet (starting) or gone: retry until the deadline
+            except aiohttp.ClientConnectorError:
+                if not retry:  # nothing listens there: the peer left
+                    return None
                 await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
                 backoff = min(backoff * 2, 0.5)
+            except aiohttp.ClientConnectionError:
+                # a pooled keep-alive connection to a peer that restarted: try a fresh one
+                dropped += 1
+                if dropped > 2 and not retry:
+                    return None
+            except asyncio.TimeoutError:
+                return None
 
     async def close(self) -> None:
         if self._session is not None:

@@ -64,7 +64,7 @@ class AlgorithmSection:
 class GossipSection:
     codec: str = "f32"
     max_message_bytes: int = 64 * 2**20
-    deadline_floor_s: float = 0.2
+    deadline_floor_s: float = 1.0
     deadline_ceiling_s: float = 10.0
     deadline_factor: float = 3.0
     startup_timeout_s: float = 60.0

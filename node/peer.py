@@ -194,9 +194,8 @@ class Peer:
         if sender in self.suspect:
             self.suspect.discard(sender)
             self.log.write("neighbour_back", neighbour=sender)
-        if message.kind == "model":
-            self.neighbour_round[sender] = max(self.neighbour_round.get(sender, 0), message.round)
-        if (message.round, message.step) < self.position:
+        self.neighbour_round[sender] = max(self.neighbour_round.get(sender, 0), message.round)
+        if message.kind == "model" and (message.round, message.step) < self.position:
             return 409, f"stale: ({message.round}, {message.step}) < {self.position}"
         self.inbox[(message.kind, message.round, message.step)][sender] = message
         self._arrived.set()
@@ -211,21 +210,38 @@ class Peer:
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
 
-    async def _send(self, peer: int, body: bytes) -> None:
-        status = await self.transport.send(peer, body, self.config.gossip.deadline_ceiling_s)
+    def _send_tracked(self, peer: int, message: Message, holds: set[int],
+                      origins: list[int]) -> None:
+        """Send one merge message; once it is accepted, ``peer`` holds ``origins``."""
+        body = encode_message(message, self.learner.model.size)
+
+        async def send() -> None:
+            if await self._send(peer, body) == 200:
+                holds.update(origins)
+
+        task = asyncio.create_task(send())
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _send(self, peer: int, body: bytes) -> int | None:
+        g = self.config.gossip  # until the first rendezvous, a neighbour may still be starting
+        timeout = g.startup_timeout_s if self._first_wait else g.deadline_ceiling_s
+        status = await self.transport.send(peer, body, timeout, retry=self._first_wait)
         if status is not None:
             self.traffic["bytes_out"] += len(body)
             self.traffic["messages_out"] += 1
+        return status
 
     def _lagging(self, round_index: int) -> bool:
         return max(self.neighbour_round.values(), default=-1) > round_index
 
-    async def _collect(self, key: tuple[str, int, int], expected: set[int]
-                       ) -> dict[int, Message]:
+    async def _collect(self, key: tuple[str, int, int], expected: set[int],
+                       timeout: float | None = None) -> dict[int, Message]:
         """Wait until every expected, non-suspect neighbour's message for ``key`` arrived, or the
         deadline passed (then the missing ones become suspect)."""
-        timeout = self.config.gossip.startup_timeout_s if self._first_wait \
-            else self.deadline.current()
+        if timeout is None:
+            timeout = self.config.gossip.startup_timeout_s if self._first_wait \
+                else self.deadline.current()
         start = time.monotonic()
         while True:
             waiting = (expected - self.suspect) - set(self.inbox.get(key, {}))
@@ -321,31 +337,51 @@ class Peer:
             round_s=round(time.monotonic() - began, 4), rss_mb=round(rss_megabytes(), 1))
 
     async def final_merge(self) -> dict[str, Any]:
-        """Flood all models through the live component, then take their exact average."""
+        """Flood all models through the live component, then take their exact average.
+
+        Each flood step a peer sends every neighbour the models it has not yet seen that
+        neighbour hold (not delivered to it, nor received from it), so a message lost to a
+        neighbour that was restarting is simply sent again. A step in which every live neighbour
+        answered and nothing new arrived proves the peer knows its whole component (the known
+        set grows by one hop per step until it stops growing); the peer then sends a last
+        ``final`` message and stops. A step with a timeout proves nothing, so flooding goes on;
+        merge messages that arrive late are still used. Merge steps wait up to the deadline
+        ceiling, since peers reach the merge at different times.
+        """
         self.state = "merging"
-        merge_round = self.config.rounds
+        merge_round, ceiling = self.config.rounds, self.config.gossip.deadline_ceiling_s
         known = {self.id: self.learner.params.detach().cpu().clone()}
-        fresh = [self.id]
+        holds: dict[int, set[int]] = {j: {j} for j in self.neighbours}  # what j is known to have
+        new_last_step, complete = True, False
         finished: set[int] = set()
         step = 0
-        while True:
+        while not self._stop:
             self.position = (merge_round, step)
-            final = step > 0 and not fresh
-            live = self.neighbours - self.suspect - finished
-            self._send_all(Message("merge", self.id, merge_round, step, len(self.neighbours),
-                                   [(o, known[o]) for o in fresh], "f32", final), live)
-            if final or self._stop:
+            final = step > 0 and not new_last_step and complete
+            for j in sorted(self.neighbours - finished):  # suspects too: they may be back
+                origins = sorted(set(known) - holds[j])
+                message = Message("merge", self.id, merge_round, step, len(self.neighbours),
+                                  [(o, known[o]) for o in origins], "f32", final)
+                self._send_tracked(j, message, holds[j], origins)
+            if final:
                 break
-            got = await self._collect(("merge", merge_round, step), live)
-            fresh = []
-            for sender, message in sorted(got.items()):
-                finished.update([sender] if message.final else [])
+            live = self.neighbours - self.suspect - finished
+            got = await self._collect(("merge", merge_round, step), live, timeout=ceiling)
+            complete = live - self.suspect <= set(got)
+            late = [k for k in self.inbox if k[0] == "merge" and k[2] < step]
+            messages = list(got.values()) + [m for k in late for m in self.inbox.pop(k).values()]
+            new_last_step = False
+            for message in sorted(messages, key=lambda m: m.sender):
+                if message.final:
+                    finished.add(message.sender)
                 for origin, vector in message.vectors:
+                    holds[message.sender].add(origin)
                     if origin not in known:
                         known[origin] = vector
-                        fresh.append(origin)
+                        new_last_step = True
             step += 1
-        await asyncio.gather(*self._sends, return_exceptions=True)
+        if self._sends:  # let the last messages go out, but never wait past the ceiling
+            await asyncio.wait(set(self._sends), timeout=ceiling)
         component = sorted(known)
         if len(component) == 1:
             self.log.write("merge_isolated", note="no live neighbour: keeping own model")
