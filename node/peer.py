@@ -233,7 +233,10 @@ class Peer:
         return status
 
     def _lagging(self, round_index: int) -> bool:
-        return max(self.neighbour_round.values(), default=-1) > round_index
+        """True when a neighbour is two or more rounds ahead: it finished round
+        ``round_index + 1`` without this peer's messages, so it timed out on us (we were down).
+        One round ahead is normal: that neighbour heard us and moved on first."""
+        return max(self.neighbour_round.values(), default=-1) >= round_index + 2
 
     async def _collect(self, key: tuple[str, int, int], expected: set[int],
                        timeout: float | None = None) -> dict[int, Message]:

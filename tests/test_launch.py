@@ -1,0 +1,89 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from node.config import load_peer_config, parse_peer_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs of peer processes (python -m node) whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline and "-m node" in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def test_launch_8_peers_on_a_ring_completes_and_leaves_no_process(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "scripts/launch.py", "--nodes", "8", "--topology", "ring", "--rounds",
+         "4", "--seed", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    try:
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "merged acc" in result.stdout and "accuracy.png" in result.stdout
+        summary = json.loads((out / "summary.json").read_text())
+        assert len(summary["peers"]) == 8
+        for peer in summary["peers"].values():
+            assert peer["rounds_completed"] == 4
+            assert 0.0 < peer["accuracy"] <= 1.0
+            assert peer["merged_accuracy"] == summary["merged_acc"]
+        assert (out / "accuracy.png").exists()
+        assert json.loads(result.stdout.strip().splitlines()[-1])["nodes"] == 8
+    finally:
+        leftovers = processes_mentioning(str(out))
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+    assert leftovers == []
+
+
+def test_interrupting_the_launcher_stops_every_peer(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "scripts/launch.py", "--nodes", "4", "--rounds", "100000", "--out",
+         str(out), "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not any((out / f"peer{i}" / "checkpoint.pt").exists() for i in range(4)):
+            assert time.monotonic() < deadline, "no peer completed a round in 120 s"
+            time.sleep(0.1)
+        assert len(processes_mentioning(str(out))) == 4
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        leftovers = processes_mentioning(str(out))
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+    assert leftovers == []
+
+
+def test_emit_configs_for_several_hosts_starts_nothing(tmp_path):
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text("10.0.0.5\n10.0.0.6:9000  # second machine\n")
+    result = subprocess.run(
+        [sys.executable, "scripts/launch.py", "--nodes", "4", "--topology", "ring",
+         "--emit-configs", str(tmp_path / "deploy"), "--hosts", str(hosts)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    configs = [parse_peer_config(load_peer_config(tmp_path / "deploy" / f"peer{i}.toml"))
+               for i in range(4)]
+    assert [c.listen for c in configs] == ["0.0.0.0:8000", "0.0.0.0:9000", "0.0.0.0:8001",
+                                           "0.0.0.0:9001"]
+    assert configs[0].neighbours == {1: "http://10.0.0.6:9000", 3: "http://10.0.0.6:9001"}
+    assert {c.data.shard for c in configs} == {0, 1, 2, 3}
+    assert processes_mentioning(str(tmp_path / "deploy")) == []
