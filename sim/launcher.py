@@ -9,6 +9,7 @@ when it ends, fails or is interrupted.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -237,12 +238,27 @@ class ProgressLine:
         self.last = text
 
 
+def clear_previous_run(run_dir: Path) -> None:
+    """Remove an earlier launch in ``run_dir`` (its peers would otherwise resume from their
+    checkpoints); refuse a non-empty folder that is not a launcher run."""
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return
+    if not (run_dir / "peer0.toml").exists():
+        raise ValueError(f"--out {run_dir} is not empty and holds no earlier launch; pick a "
+                         "new folder")
+    for path in list(run_dir.glob("peer*")) + [run_dir / "summary.json",
+                                                run_dir / "accuracy.png"]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    print(f"cleared the earlier run in {run_dir}", file=sys.stderr)
+
+
 def launch(s: LaunchSettings) -> dict[str, Any]:
     """Run the whole experiment; returns (and writes) the summary."""
     run_dir = Path(s.out)
-    if run_dir.exists() and any(run_dir.glob("peer*/checkpoint.pt")):
-        raise ValueError(f"--out {run_dir} holds checkpoints of an earlier run; pick a new "
-                         "folder (peers would resume from them)")
+    clear_previous_run(run_dir)
     addresses = [("127.0.0.1", port) for port in free_ports(s.nodes)]
     configs = peer_configs(s, addresses, run_dir)
     paths = write_configs(configs, run_dir)
