@@ -41,14 +41,19 @@ def _frombuffer(payload: bytes | bytearray | memoryview, dtype: torch.dtype) -> 
         return torch.frombuffer(payload, dtype=dtype)
 
 
-def encode(vector: torch.Tensor, codec: str = "f32") -> bytes:
-    """Bytes of a 1-D tensor in ``codec`` (see the module docstring for the layouts)."""
+def encode(vector: torch.Tensor, codec: str = "f32") -> bytes | memoryview:
+    """Bytes of a 1-D tensor in ``codec`` (see the module docstring for the layouts).
+
+    For ``f32`` on a little-endian CPU this is a zero-copy memoryview of the tensor itself, valid
+    until the tensor changes: msgpack copies it once into the message body, and nothing else does.
+    """
     _check_codec(codec)
     if vector.dim() != 1:
         raise CodecError(f"expected a flat 1-D vector, got shape {tuple(vector.shape)}")
     vector = vector.detach().to("cpu")
     if codec == "f32":
-        return vector.to(torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes()
+        array = vector.to(torch.float32).contiguous().numpy().astype("<f4", copy=False)
+        return memoryview(array).cast("B")
     if codec == "f16":
         return vector.to(torch.float16).numpy().astype("<f2", copy=False).tobytes()
     if codec == "bf16":

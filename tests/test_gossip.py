@@ -30,12 +30,15 @@ def test_codecs_round_trip_within_their_precision(codec, tolerance):
     assert float((back - x).abs().max()) <= tolerance * scale
 
 
-def test_f32_is_raw_little_endian_and_decodes_without_copying():
+def test_f32_is_raw_little_endian_and_neither_side_copies():
     x = torch.tensor([1.0, -2.5, 3.25])
-    payload = encode(x, "f32")
-    assert payload == struct.pack("<3f", 1.0, -2.5, 3.25)
+    view = encode(x, "f32")
+    assert bytes(view) == struct.pack("<3f", 1.0, -2.5, 3.25)
+    x[0] = 7.0  # the encoded form is a view of the tensor, not a copy
+    assert bytes(view)[:4] == struct.pack("<f", 7.0)
+    payload = bytes(view)
     back = decode(payload, 3, "f32")
-    assert torch.equal(back, x)
+    assert back.tolist() == [7.0, -2.5, 3.25]
     assert back.data_ptr() == ctypes.cast(payload, ctypes.c_void_p).value  # a view, no copy
 
 
