@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import topology as T
-from gossip import Message, encode, encode_message
+from gossip import InMemoryHub, Message, encode, encode_message
 from node import load_digits
 from node.checkpoint import load_checkpoint
 from node.config import AlgorithmSection, DataSection, GossipSection, PeerConfig
@@ -228,3 +228,34 @@ def test_bad_peer_config_names_the_key(tmp_path):
                             capture_output=True, text=True, timeout=60, env={**os.environ})
     assert result.returncode == 2
     assert "[gossip] deadline_floor_s must be > 0" in result.stderr
+
+
+async def run_in_memory(tmp_path, codec):
+    hub = InMemoryHub()
+    graph = T.ring(4)
+    peers = []
+    for i in range(4):
+        config = peer_config(i, 4, tmp_path / codec, rounds=3, algorithm="dfedavg", codec=codec)
+        config.neighbours = {j: "memory" for j in graph.neighbors(i)}
+        config.algorithm.final_merge = False
+        peers.append(Peer(config, transport=hub.transport(i), data=DIGITS,
+                          log=JsonLog(i, stream=io.StringIO())))
+    for p in peers:
+        await p.start()
+    summaries = await asyncio.gather(*(p.run() for p in peers))
+    assert all(s["rounds_completed"] == 3 for s in summaries)
+    return [p.learner.params.clone() for p in peers], summaries
+
+
+async def test_in_memory_transport_and_lossy_codecs_selected_by_config(tmp_path):
+    exact, summaries = await run_in_memory(tmp_path, "f32")
+    sim = Simulation.from_config(SimConfig(
+        nodes=4, topology="ring", rounds=3, partition="dirichlet", alpha=0.5, seed=0,
+        algorithm="dfedavg", final_merge=False))
+    sim.run()
+    assert all(torch.equal(a, b.params) for a, b in zip(exact, sim.learners))
+    for codec, tolerance in (("bf16", 0.05), ("q8", 0.1)):
+        lossy, lossy_summaries = await run_in_memory(tmp_path, codec)
+        gap = max(float((a - b).abs().max()) for a, b in zip(exact, lossy))
+        assert 0 < gap < tolerance, codec
+        assert lossy_summaries[0]["bytes_out"] < summaries[0]["bytes_out"]
