@@ -23,7 +23,11 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
-class PeerConfigError(ValueError):
+class ConfigError(ValueError):
+    """A bad setting in a config file or a flag; the message names the key."""
+
+
+class PeerConfigError(ConfigError):
     """A bad peer setting; the message names the key."""
 
 
@@ -109,8 +113,9 @@ def _where(section: str, key: str) -> str:
     return f"[{section}] {key}" if section else key
 
 
-def _typed(section: str, key: str, value: Any, kind: str) -> Any:
-    where = _where(section, key)
+def typed_value(where: str, value: Any, kind: str) -> Any:
+    """``value`` checked against a dataclass field's type text (``int``, ``float | None``...);
+    ints are accepted for floats. Raises ConfigError naming ``where``."""
     if value is None and "None" in kind:
         return None
     if kind.startswith("bool"):
@@ -123,7 +128,7 @@ def _typed(section: str, key: str, value: Any, kind: str) -> Any:
     else:
         ok = isinstance(value, str)
     if not ok:
-        raise PeerConfigError(f"{where} must be {kind.split(' ')[0]}, got {value!r}")
+        raise ConfigError(f"{where} must be {kind.split(' ')[0]}, got {value!r}")
     return value
 
 
@@ -134,7 +139,11 @@ def _fill(target: Any, section: str, raw: dict[str, Any]) -> None:
         if name not in fields or name in _SECTIONS or name == "neighbours":
             valid = ", ".join(k for k in fields if k not in _SECTIONS and k != "neighbours")
             raise PeerConfigError(f"unknown key {_where(section, key)!r}; valid: {valid}")
-        setattr(target, name, _typed(section, name, value, str(fields[name].type)))
+        try:
+            value = typed_value(_where(section, name), value, str(fields[name].type))
+        except ConfigError as exc:
+            raise PeerConfigError(str(exc)) from exc
+        setattr(target, name, value)
 
 
 def _neighbours(raw: Any) -> dict[int, str]:
@@ -202,15 +211,23 @@ def validate_peer_config(config: PeerConfig) -> None:
         raise PeerConfigError(f"[neighbours] lists the peer itself ({config.id})")
 
 
-def load_peer_config(path: str | Path) -> dict[str, Any]:
-    """The raw TOML table of ``path`` (parse with :func:`parse_peer_config`)."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The table of a TOML file; a missing or malformed file is a ConfigError."""
     path = Path(path)
     try:
         return tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise PeerConfigError(f"--config: file {path} does not exist") from exc
+        raise ConfigError(f"--config: file {path} does not exist") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise PeerConfigError(f"--config: {path} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from exc
+
+
+def load_peer_config(path: str | Path) -> dict[str, Any]:
+    """The raw TOML table of ``path`` (parse with :func:`parse_peer_config`)."""
+    try:
+        return read_toml(path)
+    except ConfigError as exc:
+        raise PeerConfigError(str(exc)) from exc
 
 
 def _toml_value(value: Any) -> str:

@@ -4,19 +4,11 @@ fields."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-
-class ConfigError(ValueError):
-    """A bad setting; the message names the key or flag and the valid values."""
+from node.config import ConfigError, read_toml, typed_value
 
 
 @dataclass
@@ -63,40 +55,15 @@ class SimConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(SimConfig)}
 
 
-def _check_type(key: str, value: Any, source: str) -> Any:
-    kind = FIELDS[key].type
-    if value is None:
-        return value
-    if "bool" in kind:
-        ok = isinstance(value, bool)
-    elif kind.startswith("int"):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind.startswith("float"):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise ConfigError(f"{source}: key '{key}' must be {kind}, got {value!r}")
-    return value
-
-
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config; keys are the flag names with '-' or '_'. Unknown keys are errors."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"--config: file {path} does not exist") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from exc
     settings = {}
-    for key, value in raw.items():
+    for key, value in read_toml(path).items():
         name = key.replace("-", "_")
         if name not in FIELDS:
             valid = ", ".join(k.replace("_", "-") for k in FIELDS)
             raise ConfigError(f"{path}: unknown key '{key}'; valid: {valid}")
-        settings[name] = _check_type(name, value, str(path))
+        settings[name] = typed_value(f"{path}: key '{key}'", value, str(FIELDS[name].type))
     return settings
 
 

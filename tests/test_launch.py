@@ -3,26 +3,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from node.config import load_peer_config, parse_peer_config
+from tests.helpers import peer_processes, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """PIDs of peer processes (python -m node) whose command line contains ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if text in cmdline and "-m node" in cmdline:
-                found.append(int(entry.name))
-    return found
 
 
 def test_launch_8_peers_on_a_ring_completes_and_leaves_no_process(tmp_path):
@@ -43,7 +29,7 @@ def test_launch_8_peers_on_a_ring_completes_and_leaves_no_process(tmp_path):
         assert (out / "accuracy.png").exists()
         assert json.loads(result.stdout.strip().splitlines()[-1])["nodes"] == 8
     finally:
-        leftovers = processes_mentioning(str(out))
+        leftovers = peer_processes(str(out))
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
     assert leftovers == []
@@ -55,18 +41,16 @@ def test_interrupting_the_launcher_stops_every_peer(tmp_path):
         [sys.executable, "scripts/launch.py", "--nodes", "4", "--rounds", "100000", "--out",
          str(out), "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while not any((out / f"peer{i}" / "checkpoint.pt").exists() for i in range(4)):
-            assert time.monotonic() < deadline, "no peer completed a round in 120 s"
-            time.sleep(0.1)
-        assert len(processes_mentioning(str(out))) == 4
+        wait_for(lambda: any((out / f"peer{i}" / "checkpoint.pt").exists() for i in range(4)),
+                 120, "a peer to complete a round")
+        assert len(peer_processes(str(out))) == 4
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 130
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        leftovers = processes_mentioning(str(out))
+        leftovers = peer_processes(str(out))
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
     assert leftovers == []
@@ -86,4 +70,4 @@ def test_emit_configs_for_several_hosts_starts_nothing(tmp_path):
                                            "0.0.0.0:9001"]
     assert configs[0].neighbours == {1: "http://10.0.0.6:9000", 3: "http://10.0.0.6:9001"}
     assert {c.data.shard for c in configs} == {0, 1, 2, 3}
-    assert processes_mentioning(str(tmp_path / "deploy")) == []
+    assert peer_processes(str(tmp_path / "deploy")) == []

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -20,6 +19,7 @@ from node.checkpoint import load_checkpoint
 from node.config import AlgorithmSection, DataSection, GossipSection, PeerConfig
 from node.peer import JsonLog, Peer
 from sim import SimConfig, Simulation
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = load_digits()
@@ -155,16 +155,6 @@ async def test_bad_messages_get_4xx_and_the_peer_keeps_training(tmp_path):
     assert sum(target.rejected.values()) == len(cases)
     assert status["id"] == 0 and "live_neighbours" in status and "bytes_in" in status
     assert 'decent_messages_rejected_total{status="422"} 3' in metrics
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def checkpoint_round(state_dir):

@@ -1,0 +1,34 @@
+"""Waiting on conditions with a deadline, and finding the peer processes a test started."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+POLL_INTERVAL_S = 0.05
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(POLL_INTERVAL_S)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def peer_processes(text: str) -> list[int]:
+    """PIDs of peer processes (python -m node) whose command line contains ``text`` (Linux)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline and "-m node" in cmdline:
+                found.append(int(entry.name))
+    return found
