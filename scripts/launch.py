@@ -14,6 +14,8 @@ import json
 import sys
 from dataclasses import fields
 
+from sim.cli import validate
+from sim.config import ConfigError
 from sim.launcher import LaunchSettings, emit_configs, launch, summary_table
 
 
@@ -55,6 +57,10 @@ def main(argv=None) -> int:
     args = vars(parser.parse_args(argv))
     emit, hosts = args.pop("emit_configs"), args.pop("hosts")
     settings = LaunchSettings(**args)
+    try:
+        validate(settings)
+    except ConfigError as exc:
+        parser.error(str(exc))
     try:
         if emit:
             if not hosts:

@@ -29,7 +29,7 @@ _LOWER_BOUNDS = {
     "alpha": (0.0, True), "lr_decay": (0.0, True), "momentum": (0.0, False),
     "weight_decay": (0.0, False), "degree": (1, False), "probability": (0.0, False),
     "attach": (1, False), "radius": (0.0, True), "synthetic_alpha": (0.0, False),
-    "synthetic_beta": (0.0, False),
+    "synthetic_beta": (0.0, False), "hidden": (1, False), "test_fraction": (0.0, True),
 }
 
 
@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha", type=float, help=f"Dirichlet concentration (default {d.alpha})")
     g.add_argument("--classes-per-node", type=int,
                    help=f"classes per node for --partition shards (default {d.classes_per_node})")
+    g.add_argument("--test-fraction", type=float, help="digits: held-out fraction of the fixed "
+                   "stratified split (default 0.25)")
     g.add_argument("--synthetic-alpha", type=float, help="LEAF synthetic alpha (default 1)")
     g.add_argument("--synthetic-beta", type=float, help="LEAF synthetic beta (default 1)")
     g = p.add_argument_group("graph")
@@ -104,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the final global merge")
     g = p.add_argument_group("local optimizer and model")
     g.add_argument("--model", help=f"one of: {', '.join(MODELS)} (default {d.model})")
+    g.add_argument("--hidden", type=int, help=f"MLP hidden width (default {d.hidden})")
     g.add_argument("--lr", type=float, help=f"learning rate (default {d.lr})")
     g.add_argument("--lr-decay", type=float, help=f"per-round lr factor (default {d.lr_decay})")
     g.add_argument("--momentum", type=float, help=f"local momentum (default {d.momentum})")

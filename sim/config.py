@@ -20,6 +20,7 @@ class SimConfig:
     partition: str = "iid"
     alpha: float = 0.5
     classes_per_node: int = 2
+    test_fraction: float = 0.25
     # graph
     nodes: int = 16
     topology: str = "ring"
@@ -37,6 +38,7 @@ class SimConfig:
     final_merge: bool = True
     # local optimizer and model
     model: str = "mlp"
+    hidden: int = 64
     lr: float = 0.05
     lr_decay: float = 0.998
     momentum: float = 0.9

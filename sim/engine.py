@@ -84,13 +84,13 @@ class Simulation:
                                       config.gossip_steps)
         topology = build_topology(config)
         data = load_dataset(config.dataset, config.nodes, config.seed,
-                            config.synthetic_alpha, config.synthetic_beta)
+                            config.synthetic_alpha, config.synthetic_beta, config.test_fraction)
         parts = partition(data, config.nodes, config.partition, config.seed, config.alpha,
                           config.classes_per_node)
         train = TrainConfig(lr=config.lr, lr_decay=config.lr_decay, momentum=config.momentum,
                             weight_decay=config.weight_decay, batch_size=config.batch_size)
-        learners = [make_learner(i, data, idx, config.model, train, algorithm, config.seed)
-                    for i, idx in enumerate(parts)]
+        learners = [make_learner(i, data, idx, config.model, train, algorithm, config.seed,
+                                 hidden=config.hidden) for i, idx in enumerate(parts)]
         return cls(config, topology, learners, data.x_test, data.y_test, list(observers),
                    alive=set(range(config.nodes)))
 

@@ -36,38 +36,16 @@ from sim.report import format_table
 
 
 @dataclass
-class LaunchSettings:
+class LaunchSettings(SimConfig):
+    """The simulator's settings (same names, same meaning) plus what real processes need."""
+
     nodes: int = 8
-    topology: str = "ring"
-    graph: str | None = None
-    degree: int | None = None
-    probability: float | None = None
-    attach: int | None = None
-    radius: float | None = None
-    algorithm: str = "dsgd"
     rounds: int = 20
-    local_steps: int | None = None
-    gossip_steps: int | None = None
-    rho: float | None = None
-    dataset: str = "digits"
-    partition: str = "iid"
-    alpha: float = 0.5
-    test_fraction: float = 0.25
-    model: str = "mlp"
-    hidden: int = 64
-    lr: float = 0.05
-    lr_decay: float = 0.998
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 16
+    out: str = "runs/launch"
     codec: str = "f32"
     deadline_floor_s: float = 2.0
     deadline_ceiling_s: float = 10.0
     startup_timeout_s: float = 120.0
-    final_merge: bool = True
-    seed: int = 0
-    threads: int = 1
-    out: str = "runs/launch"
     kill_fraction: float = 0.0
     kill_at_round: int = 0
     restart_after: float | None = None
@@ -92,9 +70,7 @@ def free_ports(count: int) -> list[int]:
 def peer_configs(s: LaunchSettings, addresses: list[tuple[str, int]], run_dir: Path,
                  listen_host: str | None = None) -> list[PeerConfig]:
     """One config per peer: id, address, neighbours from the topology, shard, algorithm."""
-    topo = build_topology(SimConfig(nodes=s.nodes, topology=s.topology, graph=s.graph,
-                                    degree=s.degree, probability=s.probability, attach=s.attach,
-                                    radius=s.radius, seed=s.seed))
+    topo = build_topology(s)
     if topo.time_varying:
         raise ValueError(f"--topology {s.topology} changes every round; real peers need a "
                          "static graph")
@@ -105,11 +81,15 @@ def peer_configs(s: LaunchSettings, addresses: list[tuple[str, int]], run_dir: P
         folder = run_dir / f"peer{i}"
         configs.append(PeerConfig(
             id=i, listen=f"{listen_host or host}:{port}", seed=s.seed, rounds=s.rounds,
+            eval_every=s.eval_every,
             state_dir=str(folder), log_file=str(folder / "log.jsonl"), threads=s.threads,
             neighbours={j: f"http://{addresses[j][0]}:{addresses[j][1]}"
                         for j in sorted(graph.neighbors(i))},
             data=DataSection(dataset=s.dataset, partition=s.partition, alpha=s.alpha, shard=i,
-                             num_shards=s.nodes, test_fraction=s.test_fraction),
+                             num_shards=s.nodes, test_fraction=s.test_fraction,
+                             classes_per_node=s.classes_per_node,
+                             synthetic_alpha=s.synthetic_alpha,
+                             synthetic_beta=s.synthetic_beta),
             model=ModelSection(name=s.model, hidden=s.hidden),
             algorithm=AlgorithmSection(name=s.algorithm, local_steps=s.local_steps,
                                        gossip_steps=s.gossip_steps, rho=s.rho, lr=s.lr,
@@ -317,7 +297,7 @@ def summarise(s: LaunchSettings, peers: list[PeerProcess], run_dir: Path, wall: 
               is not None]
     accs = [f["accuracy"] for f in finals.values() if f and f["accuracy"] is not None]
     summary = {
-        "seed": s.seed, "settings": vars(s), "wall_s": round(wall, 2), "killed": victims,
+        "seed": s.seed, "settings": s.to_dict(), "wall_s": round(wall, 2), "killed": victims,
         "mean_acc": float(np.mean(accs)) if accs else None,
         "merged_acc": float(np.mean(merged)) if merged else None,
         "peers": {str(i): {
