@@ -192,6 +192,9 @@ def test_a_peer_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
     assert rounds_after[0] == saved + 1 and rounds_after[-1] == 600
     final = json.loads((state / "final.json").read_text())
     assert final["rounds_completed"] == 600
+    # alone, the final merge keeps the peer's own model and says so
+    assert any(e["event"] == "merge_isolated" for e in events)
+    assert final["merged_accuracy"] == final["accuracy"]
 
 
 def test_sigterm_stops_cleanly_after_the_current_step(tmp_path):
