@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         "nodes": "number of peer processes", "topology": "graph builder (as in python -m sim)",
         "graph": "edge list or .json graph file instead of --topology",
         "kill_fraction": "fraction of peers to SIGKILL (churn)",
-        "kill_at_round": "kill once the fastest peer completed this round",
+        "kill_at_round": "kill once every peer completed this round",
         "restart_after": "restart killed peers after this many seconds (they resume from "
                          "their checkpoints)",
         "timeout": "give up (and stop every peer) after this many seconds",

@@ -260,7 +260,7 @@ def launch(s: LaunchSettings) -> dict[str, Any]:
                 raise TimeoutError(f"run exceeded --timeout {s.timeout}s")
             for p in peers:
                 p.read_log()
-            if not churn_done and max(p.completed for p in peers) >= s.kill_at_round:
+            if not churn_done and min(p.completed for p in peers) >= s.kill_at_round:
                 for i in victims:
                     peers[i].proc.kill()
                     peers[i].proc.wait()

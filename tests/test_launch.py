@@ -71,3 +71,28 @@ def test_emit_configs_for_several_hosts_starts_nothing(tmp_path):
     assert configs[0].neighbours == {1: "http://10.0.0.6:9000", 3: "http://10.0.0.6:9001"}
     assert {c.data.shard for c in configs} == {0, 1, 2, 3}
     assert peer_processes(str(tmp_path / "deploy")) == []
+
+
+def test_churn_killed_peers_restart_and_every_peer_finishes(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "scripts/launch.py", "--nodes", "6", "--topology", "ring", "--rounds",
+         "12", "--kill-fraction", "0.34", "--kill-at-round", "3", "--restart-after", "1",
+         "--deadline-ceiling-s", "3", "--out", str(out), "--quiet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    try:
+        assert result.returncode == 0, result.stderr[-2000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert len(summary["killed"]) == 2
+        for i, peer in summary["peers"].items():
+            assert peer["finished"]
+            assert peer["restarts"] == (1 if int(i) in summary["killed"] else 0)
+        resumed = [line for i in summary["killed"]
+                   for line in (out / f"peer{i}" / "log.jsonl").read_text().splitlines()
+                   if '"event": "resumed"' in line]
+        assert len(resumed) == 2
+    finally:
+        leftovers = peer_processes(str(out))
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+    assert leftovers == []
