@@ -113,7 +113,7 @@ async def test_a_peer_killed_mid_run_does_not_stall_the_others(tmp_path):
         assert s["merged_accuracy"] == survivors[0]["merged_accuracy"]
     # every wait after the start-up rendezvous is bounded by the ceiling
     for p in peers[1:]:
-        assert max(p.wait_times[1:]) <= ceiling + 0.3
+        assert max(p.wait_times[1:]) <= ceiling + 0.5
     assert 0 in peers[1].suspect or 0 in peers[4].suspect
 
 
