@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 POLL_INTERVAL_S = 0.05
@@ -32,3 +34,16 @@ def peer_processes(text: str) -> list[int]:
             if text in cmdline and "-m node" in cmdline:
                 found.append(int(entry.name))
     return found
+
+
+@contextmanager
+def no_peer_left_behind(text: str):
+    """Kill every peer process mentioning ``text`` when the block ends (also when it fails), and
+    fail the test if there was any."""
+    try:
+        yield
+    finally:
+        leftovers = peer_processes(text)
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+    assert not leftovers, f"peer processes left behind: {leftovers}"

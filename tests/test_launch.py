@@ -1,23 +1,22 @@
 import json
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from node.config import load_peer_config, parse_peer_config
-from tests.helpers import peer_processes, wait_for
+from tests.helpers import no_peer_left_behind, peer_processes, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_launch_8_peers_on_a_ring_completes_and_leaves_no_process(tmp_path):
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "scripts/launch.py", "--nodes", "8", "--topology", "ring", "--rounds",
-         "4", "--seed", "1", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    try:
+    with no_peer_left_behind(str(out)):
+        result = subprocess.run(
+            [sys.executable, "scripts/launch.py", "--nodes", "8", "--topology", "ring",
+             "--rounds", "4", "--seed", "1", "--out", str(out)],
+            cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
         assert "merged acc" in result.stdout and "accuracy.png" in result.stdout
         summary = json.loads((out / "summary.json").read_text())
@@ -28,32 +27,24 @@ def test_launch_8_peers_on_a_ring_completes_and_leaves_no_process(tmp_path):
             assert peer["merged_accuracy"] == summary["merged_acc"]
         assert (out / "accuracy.png").exists()
         assert json.loads(result.stdout.strip().splitlines()[-1])["nodes"] == 8
-    finally:
-        leftovers = peer_processes(str(out))
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
-    assert leftovers == []
 
 
 def test_interrupting_the_launcher_stops_every_peer(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "scripts/launch.py", "--nodes", "4", "--rounds", "100000", "--out",
-         str(out), "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        wait_for(lambda: any((out / f"peer{i}" / "checkpoint.pt").exists() for i in range(4)),
-                 120, "a peer to complete a round")
-        assert len(peer_processes(str(out))) == 4
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        leftovers = peer_processes(str(out))
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
-    assert leftovers == []
+    with no_peer_left_behind(str(out)):
+        proc = subprocess.Popen(
+            [sys.executable, "scripts/launch.py", "--nodes", "4", "--rounds", "100000", "--out",
+             str(out), "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: any((out / f"peer{i}" / "checkpoint.pt").exists()
+                                 for i in range(4)), 120, "a peer to complete a round")
+            assert len(peer_processes(str(out))) == 4
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=60) == 130
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_emit_configs_for_several_hosts_starts_nothing(tmp_path):
@@ -75,12 +66,12 @@ def test_emit_configs_for_several_hosts_starts_nothing(tmp_path):
 
 def test_churn_killed_peers_restart_and_every_peer_finishes(tmp_path):
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "scripts/launch.py", "--nodes", "6", "--topology", "ring", "--rounds",
-         "12", "--kill-fraction", "0.34", "--kill-at-round", "3", "--restart-after", "1",
-         "--deadline-ceiling-s", "3", "--out", str(out), "--quiet"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    try:
+    with no_peer_left_behind(str(out)):
+        result = subprocess.run(
+            [sys.executable, "scripts/launch.py", "--nodes", "6", "--topology", "ring",
+             "--rounds", "12", "--kill-fraction", "0.34", "--kill-at-round", "3",
+             "--restart-after", "1", "--deadline-ceiling-s", "3", "--out", str(out), "--quiet"],
+            cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
         summary = json.loads((out / "summary.json").read_text())
         assert len(summary["killed"]) == 2
@@ -91,8 +82,3 @@ def test_churn_killed_peers_restart_and_every_peer_finishes(tmp_path):
                    for line in (out / f"peer{i}" / "log.jsonl").read_text().splitlines()
                    if '"event": "resumed"' in line]
         assert len(resumed) == 2
-    finally:
-        leftovers = peer_processes(str(out))
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
-    assert leftovers == []
