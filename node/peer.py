@@ -203,12 +203,16 @@ class Peer:
 
     # -- sending and collecting --------------------------------------------------------------
 
+    def _in_background(self, coroutine) -> None:
+        """Run a send without waiting for it; close() cancels what is still pending."""
+        task = asyncio.create_task(coroutine)
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
     def _send_all(self, message: Message, to: set[int]) -> None:
         body = encode_message(message, self.learner.model.size)
         for peer in sorted(to):
-            task = asyncio.create_task(self._send(peer, body))
-            self._sends.add(task)
-            task.add_done_callback(self._sends.discard)
+            self._in_background(self._send(peer, body))
 
     def _send_tracked(self, peer: int, message: Message, holds: set[int],
                       origins: list[int]) -> None:
@@ -219,9 +223,7 @@ class Peer:
             if await self._send(peer, body) == 200:
                 holds.update(origins)
 
-        task = asyncio.create_task(send())
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
+        self._in_background(send())
 
     async def _send(self, peer: int, body: bytes) -> int | None:
         g = self.config.gossip  # until the first rendezvous, a neighbour may still be starting

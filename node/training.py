@@ -131,6 +131,13 @@ class LocalTrainer:
 
 
 @torch.no_grad()
-def accuracy(model: FlatModel, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Fraction of ``x`` that ``model`` classifies as ``y``."""
-    return float((model.module(x).argmax(dim=1) == y).float().mean())
+def accuracy(model: FlatModel, x: torch.Tensor, y: torch.Tensor,
+             vector: torch.Tensor | None = None) -> float:
+    """Fraction of ``x`` that ``model`` classifies as ``y``; with ``vector``, the model's
+    architecture evaluated at those parameters instead of its own (its state is left alone)."""
+    if vector is None:
+        logits = model.module(x)
+    else:
+        params = {s.name: vector[s.start:s.stop].view(s.shape) for s in model.layout}
+        logits = torch.func.functional_call(model.module, params, (x,))
+    return float((logits.argmax(dim=1) == y).float().mean())

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sim import SimConfig, Simulation, format_table, write_results_section
+from sim import Recorder, SimConfig, Simulation, format_table, write_results_section
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {  # label -> algorithm settings
@@ -28,29 +28,13 @@ ARMS = {  # label -> algorithm settings
 }
 
 
-class Curve:
-    """Observer that keeps the per-round rows of one run."""
-
-    def __init__(self):
-        self.rows = []
-
-    def on_start(self, sim):
-        pass
-
-    def on_round(self, row):
-        self.rows.append(row)
-
-    def on_end(self, summary):
-        pass
-
-
 def run_arm(settings: dict, seed: int, args) -> tuple[dict, list[dict]]:
     config = SimConfig(nodes=args.nodes, topology="ring", partition="dirichlet", alpha=args.alpha,
                        rounds=args.rounds, local_steps=None if settings["algorithm"] == "dsgd"
                        else args.local_steps, rho=None if settings["algorithm"] in
                        ("dsgd", "dfedavg") else args.rho, seed=seed, eval_every=args.eval_every,
                        **{k: v for k, v in settings.items()})
-    curve = Curve()
+    curve = Recorder()
     summary = Simulation.from_config(config, [curve]).run()
     return summary, curve.rows
 

@@ -129,13 +129,11 @@ class Simulation:
     def merged_accuracy(self, graph: nx.Graph) -> float:
         """Accuracy of the per-component merged models, weighted by component size."""
         components, merged = self.merged_models(graph)
-        scratch = self.learners[0].model
-        saved = scratch.params.clone()
+        model = self.learners[0].model
         total = 0.0
         for component in components:
-            scratch.load(merged[component[0]])
-            total += len(component) * accuracy(scratch, self.x_test, self.y_test)
-        scratch.load(saved)
+            total += len(component) * accuracy(model, self.x_test, self.y_test,
+                                               merged[component[0]])
         return total / max(1, sum(len(c) for c in components))
 
     def evaluate(self, round_index: int, graph: nx.Graph, losses: dict[int, float]

@@ -10,13 +10,30 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 
-class MetricsWriter:
+class Recorder:
+    """Keeps every evaluated round's row, and the summary, in memory."""
+
+    def __init__(self):
+        self.rows: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] | None = None
+
+    def on_start(self, sim) -> None:
+        pass
+
+    def on_round(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+
+    def on_end(self, summary: dict[str, Any]) -> None:
+        self.summary = summary
+
+
+class MetricsWriter(Recorder):
     """DIR/metrics.jsonl (one line per evaluated round), DIR/summary.json, DIR/accuracy.png."""
 
     def __init__(self, out_dir: str | Path, plot: bool = True):
+        super().__init__()
         self.out = Path(out_dir)
         self.plot = plot
-        self.rows: list[dict[str, Any]] = []
         self._fh: TextIO | None = None
 
     def on_start(self, sim) -> None:
@@ -24,12 +41,13 @@ class MetricsWriter:
         self._fh = (self.out / "metrics.jsonl").open("w")
 
     def on_round(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
+        super().on_round(row)
         assert self._fh is not None
         self._fh.write(json.dumps(row) + "\n")
         self._fh.flush()
 
     def on_end(self, summary: dict[str, Any]) -> None:
+        super().on_end(summary)
         if self._fh is not None:
             self._fh.close()
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,3 +48,15 @@ def no_peer_left_behind(text: str):
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
     assert not leftovers, f"peer processes left behind: {leftovers}"
+
+
+@contextmanager
+def running(command: list[str], **popen):
+    """A started process, killed when the block ends if it is still running (also on failure)."""
+    proc = subprocess.Popen(command, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

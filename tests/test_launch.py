@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from node.config import load_peer_config, parse_peer_config
-from tests.helpers import no_peer_left_behind, peer_processes, wait_for
+from tests.helpers import no_peer_left_behind, peer_processes, running, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,19 +32,14 @@ def test_launch_8_peers_on_a_ring_completes_and_leaves_no_process(tmp_path):
 def test_interrupting_the_launcher_stops_every_peer(tmp_path):
     out = tmp_path / "run"
     with no_peer_left_behind(str(out)):
-        proc = subprocess.Popen(
-            [sys.executable, "scripts/launch.py", "--nodes", "4", "--rounds", "100000", "--out",
-             str(out), "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
+        with running([sys.executable, "scripts/launch.py", "--nodes", "4", "--rounds", "100000",
+                      "--out", str(out), "--quiet"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL) as proc:
             wait_for(lambda: any((out / f"peer{i}" / "checkpoint.pt").exists()
                                  for i in range(4)), 120, "a peer to complete a round")
             assert len(peer_processes(str(out))) == 4
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=60) == 130
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 def test_emit_configs_for_several_hosts_starts_nothing(tmp_path):

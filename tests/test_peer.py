@@ -19,7 +19,7 @@ from node.checkpoint import load_checkpoint
 from node.config import AlgorithmSection, DataSection, GossipSection, PeerConfig
 from node.peer import JsonLog, Peer
 from sim import SimConfig, Simulation
-from tests.helpers import wait_for
+from tests.helpers import running, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = load_digits()
@@ -170,21 +170,14 @@ def test_a_peer_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
     log = tmp_path / "peer.log"
     command = [sys.executable, "-m", "node", "--id", "0", "--rounds", "600", "--state-dir",
                str(state), "--log-file", str(log)]
-    procs = []
-    try:
-        procs.append(subprocess.Popen(command, cwd=ROOT))
+    with running(command, cwd=ROOT) as first:
         killed_at = wait_for(lambda: checkpoint_round(state) >= 20, 60, "20 rounds")
-        procs[0].send_signal(signal.SIGKILL)
-        procs[0].wait(timeout=10)
-        saved = checkpoint_round(state)
-        assert saved >= killed_at
-        procs.append(subprocess.Popen(command, cwd=ROOT))
-        assert procs[1].wait(timeout=120) == 0
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    saved = checkpoint_round(state)
+    assert saved >= killed_at
+    with running(command, cwd=ROOT) as second:
+        assert second.wait(timeout=120) == 0
     events = [json.loads(line) for line in log.read_text().splitlines()]
     resumed = [e for e in events if e["event"] == "resumed"]
     assert len(resumed) == 1 and resumed[0]["round"] == saved
@@ -199,17 +192,12 @@ def test_a_peer_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
 
 def test_sigterm_stops_cleanly_after_the_current_step(tmp_path):
     state = tmp_path / "state"
-    proc = subprocess.Popen([sys.executable, "-m", "node", "--id", "0", "--rounds", "100000",
-                             "--state-dir", str(state), "--log-file", str(tmp_path / "log")],
-                            cwd=ROOT)
-    try:
+    with running([sys.executable, "-m", "node", "--id", "0", "--rounds", "100000",
+                  "--state-dir", str(state), "--log-file", str(tmp_path / "log")],
+                 cwd=ROOT) as proc:
         wait_for(lambda: checkpoint_round(state) >= 3, 60, "3 rounds")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     final = json.loads((state / "final.json").read_text())
     assert final["state"] == "stopped" and 3 <= final["rounds_completed"] < 100000
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sim import SimConfig, Simulation
+from sim import Recorder, SimConfig, Simulation
 from sim.cli import main, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,15 +100,10 @@ def metrics_of(seed, **overrides):
     config = SimConfig(nodes=6, rounds=3, partition="dirichlet", alpha=0.5, seed=seed,
                        topology="erdos-renyi", **overrides)
     sim = Simulation.from_config(config)
-    rows = []
-
-    class Collect:
-        def on_start(self, sim): pass
-        def on_round(self, row): rows.append({k: v for k, v in row.items() if k != "wall_s"})
-        def on_end(self, summary): pass
-
-    sim.observers.append(Collect())
+    recorder = Recorder()
+    sim.observers.append(recorder)
     summary = sim.run()
+    rows = [{k: v for k, v in row.items() if k != "wall_s"} for row in recorder.rows]
     return rows, summary
 
 
