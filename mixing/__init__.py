@@ -1,4 +1,5 @@
-"""How a peer combines the models it received: pure functions over flat vectors."""
+"""How a peer combines the models it received: pure functions and small rule classes over flat
+vectors (no I/O, no clocks). ``make_rule(name, ...)`` gives one rule instance per peer."""
 
 from mixing.averaging import (
     component_average,
@@ -6,5 +7,25 @@ from mixing.averaging import (
     neighbour_weights,
     weighted_average,
 )
+from mixing.rules import (
+    MIXING_NAMES,
+    Average,
+    ClippedGossip,
+    HistoryRecord,
+    Krum,
+    Median,
+    MixingRule,
+    NearestNeighbourAverage,
+    SybilWall,
+    TrimmedMean,
+    VarianceCorrected,
+    foolsgold_scores,
+    make_rule,
+)
 
-__all__ = ["component_average", "consensus_distance", "neighbour_weights", "weighted_average"]
+__all__ = [
+    "MIXING_NAMES", "Average", "ClippedGossip", "HistoryRecord", "Krum", "Median", "MixingRule",
+    "NearestNeighbourAverage", "SybilWall", "TrimmedMean", "VarianceCorrected",
+    "component_average", "consensus_distance", "foolsgold_scores", "make_rule",
+    "neighbour_weights", "weighted_average",
+]

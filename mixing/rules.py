@@ -1,0 +1,426 @@
+"""Mixing rules: how a peer combines its own vector with the vectors its neighbours sent.
+
+Every rule is one small class behind one interface, :class:`MixingRule`::
+
+    rule.mix(own, received, weights, round_index) -> new flat vector
+
+``own`` is the peer's flat parameter vector after its local update, ``received`` maps neighbour id
+to the vector that neighbour sent, ``weights`` are the Metropolis weights of those neighbours
+(:func:`mixing.neighbour_weights`; rules that weigh inputs uniformly ignore them). Inputs are
+always visited in id order, so the result does not depend on arrival order. A rule never changes
+its inputs and returns a new tensor of the same length.
+
+The peer (``node.peer``) and the simulator (``sim.engine``) both get their rule from
+:func:`make_rule` and call the same ``mix``; rules with state (SybilWall's histories) keep it in
+the instance, one per peer.
+
+Uniform rules (median, trimmed mean, Krum, NNA) treat the peer's own vector as one input among
+``n = 1 + len(received)``, as in the Byzantine-robust literature (spec section 7): with nothing
+filtered they give the uniform mean of the n inputs, which equals gossip averaging only when the
+Metropolis weights are uniform (a regular or complete graph).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mixing.averaging import weighted_average
+
+Boundaries = Sequence[tuple[int, int]]
+
+
+class MixingRule:
+    """Base class: ``mix`` is the one method every rule implements."""
+
+    name = "rule"
+
+    def mix(self, own: torch.Tensor, received: Mapping[int, torch.Tensor],
+            weights: Mapping[int, float], round_index: int = 0) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _stack(own: torch.Tensor, received: Mapping[int, torch.Tensor]) -> torch.Tensor:
+    """Own vector first, then the received ones in id order, as an (n, D) matrix."""
+    return torch.stack([own] + [received[j].to(own.device, own.dtype) for j in sorted(received)])
+
+
+class Average(MixingRule):
+    """Plain gossip averaging with Metropolis weights (spec 1.1)."""
+
+    name = "average"
+
+    def mix(self, own, received, weights, round_index=0):
+        return weighted_average(own, received, weights)
+
+
+class VarianceCorrected(MixingRule):
+    """Averaging followed by a per-tensor rescale that restores the inputs' variance
+    (Tian et al. 2024, "Vanishing Variance Problem in Fully Decentralized Neural-Network
+    Systems"; spec section 3.2).
+
+    Averaging k uncorrelated tensors of variance s^2 leaves variance about s^2/k, a badly scaled
+    network that sits on a plateau. For every parameter tensor l (``boundaries`` gives the slices
+    of the flat vector; tensors of one element are skipped)::
+
+        mu = mean(avg_l);  s = sqrt((target_l + eps) / (Var(avg_l) + eps));  eps = 1e-4
+        out_l = mu + s (avg_l - mu)          # mean kept, variance = target
+
+    ``Var`` is the unbiased variance over the tensor's entries. The average is the Metropolis
+    gossip average (``own_weight=None``) or the conservative ``c own + (1 - c) mean(received)``.
+    Targets: ``"others"`` = mean variance of the received models (FollowOthers, the authors'
+    default), ``"self"`` = the own model's variance, ``"conservative"`` = ``c Var(own) + (1 - c)
+    others`` with ``c`` the own model's weight in the average. BatchNorm running statistics are
+    buffers, not part of the flat vector, so they are never rescaled.
+    """
+
+    name = "variance-corrected"
+    TARGETS = ("others", "self", "conservative")
+    EPS = 1e-4
+
+    def __init__(self, boundaries: Boundaries, own_weight: float | None = None,
+                 target: str = "others"):
+        if target not in self.TARGETS:
+            raise ValueError(f"target: unknown {target!r}; valid: {', '.join(self.TARGETS)}")
+        if own_weight is not None and not 0.0 <= own_weight <= 1.0:
+            raise ValueError(f"own_weight must be in [0, 1], got {own_weight}")
+        self.boundaries = [(a, b) for a, b in boundaries if b - a > 1]
+        self.own_weight = own_weight
+        self.target = target
+
+    def _average(self, own, received, weights) -> tuple[torch.Tensor, float]:
+        """The averaged vector and the own model's weight in it."""
+        if self.own_weight is None:
+            used = [j for j in received if j in weights]
+            return weighted_average(own, received, weights), 1.0 - sum(weights[j] for j in used)
+        c = self.own_weight
+        others = _stack(own, received)[1:].mean(dim=0)
+        return own * c + others * (1.0 - c), c
+
+    def mix(self, own, received, weights, round_index=0):
+        if not received:
+            return own.clone()
+        out, c = self._average(own, received, weights)
+        models = _stack(own, received)
+        for a, b in self.boundaries:
+            own_var = models[0, a:b].var()
+            others_var = models[1:, a:b].var(dim=1).mean()
+            target = {"others": others_var, "self": own_var,
+                      "conservative": c * own_var + (1.0 - c) * others_var}[self.target]
+            mean = out[a:b].mean()
+            scale = torch.sqrt((target + self.EPS) / (out[a:b].var() + self.EPS))
+            out[a:b] = mean + scale * (out[a:b] - mean)
+        return out
+
+
+class Median(MixingRule):
+    """Coordinate-wise median of the own and received vectors (Yin et al. 2018); with an even
+    count, the mean of the two middle values, so two inputs give their plain mean."""
+
+    name = "median"
+
+    def mix(self, own, received, weights, round_index=0):
+        ordered = _stack(own, received).sort(dim=0).values
+        n = ordered.shape[0]
+        return (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+
+
+class TrimmedMean(MixingRule):
+    """Coordinate-wise trimmed mean: per coordinate drop the ``f`` largest and ``f`` smallest of
+    the n inputs and average the rest (Yin et al. 2018; CWTM in the MoNNA paper). ``f`` is capped
+    so that at least one value remains; ``f = 0`` is the uniform mean."""
+
+    name = "trimmed-mean"
+
+    def __init__(self, f: int = 1):
+        if f < 0:
+            raise ValueError(f"f must be >= 0, got {f}")
+        self.f = f
+
+    def mix(self, own, received, weights, round_index=0):
+        ordered = _stack(own, received).sort(dim=0).values
+        n = ordered.shape[0]
+        f = min(self.f, (n - 1) // 2)
+        return ordered[f:n - f].mean(dim=0)
+
+
+def _pairwise_sq_distances(models: torch.Tensor) -> torch.Tensor:
+    """||x_k - x_l||^2 for all pairs, in float64 (the Gram trick loses digits in float32)."""
+    m = models.to(torch.float64)
+    sq = (m * m).sum(dim=1)
+    return (sq[:, None] + sq[None, :] - 2.0 * m @ m.T).clamp_min(0.0)
+
+
+class Krum(MixingRule):
+    """Krum and Multi-Krum (Blanchard et al. 2017).
+
+    Each input k scores the sum of squared distances to its n - f - 2 nearest other inputs
+    (at least one); the ``select`` inputs with the lowest scores are averaged uniformly
+    (``select=1``: Krum; ``select=None``: Multi-Krum with n - f). With ``f = 0`` and Multi-Krum
+    every input is kept, which is the uniform mean.
+    """
+
+    name = "krum"
+
+    def __init__(self, f: int = 1, select: int | None = 1):
+        if f < 0:
+            raise ValueError(f"f must be >= 0, got {f}")
+        if select is not None and select < 1:
+            raise ValueError(f"select must be >= 1, got {select}")
+        self.f, self.select = f, select
+
+    def mix(self, own, received, weights, round_index=0):
+        models = _stack(own, received)
+        n = models.shape[0]
+        if n == 1:
+            return own.clone()
+        distances = _pairwise_sq_distances(models)
+        distances.fill_diagonal_(math.inf)
+        closest = max(1, n - self.f - 2)
+        scores = distances.sort(dim=1).values[:, :min(closest, n - 1)].sum(dim=1)
+        keep = max(1, n - self.f) if self.select is None else min(self.select, n)
+        chosen = torch.argsort(scores, stable=True)[:keep]
+        return models[chosen.sort().values].mean(dim=0)
+
+
+class NearestNeighbourAverage(MixingRule):
+    """NNA (Farhadkhani et al. 2023, spec 7.1): average the n - f inputs closest in L2 to the
+    peer's own vector (its own included, at distance 0). With MoNNA's local momentum
+    (``TrainConfig.dampening = momentum``) this is MoNNA. ``f = 0`` is the uniform mean."""
+
+    name = "nna"
+
+    def __init__(self, f: int = 1):
+        if f < 0:
+            raise ValueError(f"f must be >= 0, got {f}")
+        self.f = f
+
+    def mix(self, own, received, weights, round_index=0):
+        models = _stack(own, received)
+        n = models.shape[0]
+        keep = max(1, n - self.f)
+        distances = (models.to(torch.float64) - own.to(torch.float64)).norm(dim=1)
+        chosen = torch.argsort(distances, stable=True)[:keep]
+        return models[chosen.sort().values].mean(dim=0)
+
+
+class ClippedGossip(MixingRule):
+    """Self-centred clipping (He, Karimireddy, Jaggi 2022, spec 7.2)::
+
+        x_i' = x_i + sum_j w_ij CLIP(x_j - x_i, tau),  CLIP(v, tau) = v min(1, tau / ||v||)
+
+    with Metropolis weights. ``radius=None`` is the authors' adaptive radius: the second-largest
+    neighbour distance (so only the farthest neighbour is clipped), or the only distance when
+    there is one neighbour. ``radius=inf`` is plain gossip averaging.
+    """
+
+    name = "clipped-gossip"
+
+    def __init__(self, radius: float | None = None):
+        if radius is not None and radius <= 0:
+            raise ValueError(f"radius must be > 0, got {radius}")
+        self.radius = radius
+
+    def _tau(self, distances: torch.Tensor) -> float:
+        if self.radius is not None:
+            return self.radius
+        ordered = distances.sort(descending=True).values
+        return float(ordered[1] if len(ordered) > 1 else ordered[0])
+
+    def mix(self, own, received, weights, round_index=0):
+        used = sorted(j for j in received if j in weights)
+        out = own.clone()
+        if not used:
+            return out
+        deltas = torch.stack([received[j].to(own.device, own.dtype) - own for j in used])
+        distances = deltas.to(torch.float64).norm(dim=1)
+        tau = self._tau(distances)
+        for k, j in enumerate(used):
+            factor = 1.0 if math.isinf(tau) or distances[k] <= tau else tau / float(distances[k])
+            out.add_(deltas[k], alpha=weights[j] * factor)
+        return out
+
+
+@dataclass
+class HistoryRecord:
+    """What SybilWall knows of one origin (spec 4.2): the record's round, its hop distance, the
+    neighbour it came from (the origin itself for direct neighbours) and the history vector."""
+
+    round: int
+    distance: int
+    received_from: int
+    vector: torch.Tensor
+
+
+def foolsgold_scores(histories: torch.Tensor) -> torch.Tensor:
+    """FoolsGold's similarity score per history (Fung et al. 2020; spec 4.3), in float64.
+
+    Cosine similarities S (diagonal 0); pardoning S_kl *= v_k / v_l when v_k < v_l with
+    v = row max + 1e-5; a = 1 - row max, clipped to [0, 1] and divided by its max; logit
+    ln(a / (1 - a)) + 0.5 clipped to [0, 1] (a = 1 maps to 1, like the reference's clip of +inf).
+    Identical histories get 0; mutually orthogonal ones get 1.
+    """
+    h = histories.to(torch.float64)
+    m = h.shape[0]
+    if m == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    if m == 1:
+        return torch.ones(1, dtype=torch.float64)
+    unit = h / h.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    s = unit @ unit.T
+    s.fill_diagonal_(0.0)
+    v = s.max(dim=1).values + 1e-5
+    pardon = v[:, None] < v[None, :]
+    s = torch.where(pardon, s * v[:, None] / v[None, :], s)
+    a = (1.0 - s.max(dim=1).values).clamp(0.0, 1.0)
+    top = a.max()
+    if top <= 0:
+        return torch.zeros(m, dtype=torch.float64)
+    a = a / top
+    with torch.no_grad():
+        logit = torch.log(a / (1.0 - a)) + 0.5  # a = 1 -> +inf, a = 0 -> -inf: both clipped
+    return torch.nan_to_num(logit, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
+
+
+class SybilWall(MixingRule):
+    """SybilWall (Werthenbach and Pouwelse 2023; spec sections 4.2-4.5).
+
+    The peer keeps one history per origin. Direct neighbours' histories come from the models they
+    send: ``history_mode="latest"`` keeps the latest model (what the authors' code computes, since
+    its first "difference" is the full model), ``"sum"`` accumulates the updates as FoolsGold
+    does, ``h <- h + (x_r - x_prev)`` with ``h_0 = x_0 - init`` (``init`` is the shared initial
+    model; without one, ``h_0 = x_0`` as in the authors' code). Histories of
+    distant origins arrive by probabilistic gossip (:meth:`history_for` / :meth:`accept_history`)
+    and only sharpen the scores: their models are never averaged in.
+
+    Aggregation, the normalised formula of spec 4.4::
+
+        x_i' = (x_i + sum_{j present} a_j x_j) / (1 + sum_j a_j)
+
+    with a = :func:`foolsgold_scores` over all known histories (neighbours first, in id order,
+    then distant origins). The authors' ``sybilwall.py`` appends the own weight after the scores
+    of *all* histories, so with distant histories present its own model receives the first
+    distant score and the weights do not sum to 1; we implement the intended normalisation.
+
+    ``gossip=False`` never shares histories: local FoolsGold, the spec's baseline.
+    """
+
+    name = "sybilwall"
+    HISTORY_MODES = ("latest", "sum")
+
+    def __init__(self, own_id: int, history_mode: str = "latest", gossip: bool = True,
+                 decay: float = 0.8, seed: int = 0, init: torch.Tensor | None = None):
+        if history_mode not in self.HISTORY_MODES:
+            raise ValueError(f"history_mode: unknown {history_mode!r}; valid: "
+                             f"{', '.join(self.HISTORY_MODES)}")
+        if decay <= 0:
+            raise ValueError(f"decay must be > 0, got {decay}")
+        self.own_id = own_id
+        self.history_mode = history_mode
+        self.gossip = gossip
+        self.decay = decay
+        self.init = None if init is None else init.detach().clone()
+        self.records: dict[int, HistoryRecord] = {}
+        self._last_model: dict[int, torch.Tensor] = {}
+        self.generator = torch.Generator().manual_seed(seed)
+        self.last_weights: dict[int, float] = {}
+
+    def _observe(self, origin: int, model: torch.Tensor, round_index: int) -> None:
+        """Update a direct neighbour's history with the model it just sent."""
+        if self.history_mode == "latest":
+            vector = model.detach().clone()
+        else:
+            previous = self._last_model.get(origin, self.init)
+            old = self.records.get(origin)
+            delta = model - previous if previous is not None else model.clone()
+            vector = delta if old is None or old.distance > 1 else old.vector + delta
+            self._last_model[origin] = model.detach().clone()
+        self.records[origin] = HistoryRecord(round_index, 1, origin, vector)
+
+    def scores(self, neighbours: Sequence[int]) -> dict[int, float]:
+        """Similarity score of each of ``neighbours`` computed against every known history."""
+        direct = sorted(o for o, r in self.records.items() if r.distance == 1)
+        distant = sorted(o for o, r in self.records.items() if r.distance > 1)
+        order = direct + distant
+        if not order:
+            return {}
+        a = foolsgold_scores(torch.stack([self.records[o].vector for o in order]))
+        position = {o: k for k, o in enumerate(order)}
+        return {j: float(a[position[j]]) for j in neighbours if j in position}
+
+    def mix(self, own, received, weights, round_index=0):
+        for j in sorted(received):
+            self._observe(j, received[j], round_index)
+        score = self.scores(sorted(received))
+        self.last_weights = score
+        total = 1.0 + sum(score.values())
+        out = own / total
+        for j in sorted(received):
+            if score[j] > 0:
+                out.add_(received[j].to(own.device, own.dtype), alpha=score[j] / total)
+        return out
+
+    def history_for(self, neighbour: int) -> tuple[int, HistoryRecord] | None:
+        """One stored history to gossip to ``neighbour`` (spec 4.5), or None.
+
+        Candidates exclude ``neighbour``'s own record and every record received from it; a
+        record at distance d is picked with probability proportional to decay exp(-decay (d-1)).
+        """
+        if not self.gossip:
+            return None
+        candidates = sorted(o for o, r in self.records.items()
+                            if o not in (self.own_id, neighbour) and r.received_from != neighbour)
+        if not candidates:
+            return None
+        weights = torch.tensor([self.decay * math.exp(-self.decay * (self.records[o].distance - 1))
+                                for o in candidates], dtype=torch.float64)
+        pick = int(torch.multinomial(weights, 1, generator=self.generator))
+        return candidates[pick], self.records[candidates[pick]]
+
+    def accept_history(self, sender: int, origin: int, round_index: int, distance: int,
+                       vector: torch.Tensor) -> bool:
+        """Store a gossiped history at distance ``distance + 1``; a direct neighbour's own record
+        is never replaced, a distant one only by a newer round. Returns whether it was stored."""
+        if origin == self.own_id:
+            return False
+        old = self.records.get(origin)
+        if old is not None and (old.distance == 1 or round_index <= old.round):
+            return False
+        self.records[origin] = HistoryRecord(round_index, distance + 1, sender,
+                                             vector.detach().clone())
+        return True
+
+
+MIXING_NAMES = ("average", "variance-corrected", "sybilwall", "foolsgold", "median",
+                "trimmed-mean", "krum", "multi-krum", "nna", "clipped-gossip")
+
+
+def make_rule(name: str, own_id: int = 0, boundaries: Boundaries = (), f: int = 1,
+              radius: float | None = None, own_weight: float | None = None,
+              target: str = "others", history_mode: str = "latest", decay: float = 0.8,
+              seed: int = 0, init: torch.Tensor | None = None) -> MixingRule:
+    """The rule called ``name`` for peer ``own_id``: one fresh instance per peer.
+
+    ``f`` is the number of Byzantine inputs tolerated (trimmed-mean, krum, multi-krum, nna);
+    ``radius`` the clipping radius (None: adaptive); ``own_weight`` and ``target`` configure the
+    variance correction; ``history_mode``, ``decay``, ``seed`` and ``init`` configure SybilWall
+    (``foolsgold`` is SybilWall without history gossip).
+    """
+    builders = {
+        "average": lambda: Average(),
+        "variance-corrected": lambda: VarianceCorrected(boundaries, own_weight, target),
+        "sybilwall": lambda: SybilWall(own_id, history_mode, True, decay, seed, init),
+        "foolsgold": lambda: SybilWall(own_id, history_mode, False, decay, seed, init),
+        "median": lambda: Median(),
+        "trimmed-mean": lambda: TrimmedMean(f),
+        "krum": lambda: Krum(f, select=1),
+        "multi-krum": lambda: Krum(f, select=None),
+        "nna": lambda: NearestNeighbourAverage(f),
+        "clipped-gossip": lambda: ClippedGossip(radius),
+    }
+    if name not in builders:
+        raise ValueError(f"unknown mixing rule {name!r}; valid: {', '.join(MIXING_NAMES)}")
+    return builders[name]()
