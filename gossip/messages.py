@@ -3,15 +3,17 @@
 A message is a msgpack map with exactly these keys::
 
     v       int    schema version (1)
-    kind    str    "model" (a gossip step) or "merge" (a flood step of the final global merge)
+    kind    str    "model" (a gossip step), "merge" (a flood step of the final global merge) or
+                   "history" (SybilWall's gossip of one stored update history, spec 4.5)
     sender  int    the sender's peer id
     round   int    training round (merge messages carry the number of rounds)
-    step    int    gossip step within the round, or flood step of the merge
+    step    int    gossip step within the round, flood step of the merge, or for "history"
+                   the record's hop distance at the sender (>= 1)
     degree  int    the sender's degree, for Metropolis weights
     codec   str    tensor codec of every vector (gossip.codec.CODECS)
     length  int    values per vector (must equal the receiver's model size)
-    vectors list   [[origin id, bytes], ...]: one entry (origin = sender) for "model",
-                   zero or more for "merge" (models being flooded)
+    vectors list   [[origin id, bytes], ...]: one entry (origin = sender) for "model", one
+                   (origin = whose history) for "history", zero or more for "merge"
     final   bool   merge only: the sender has the whole component and sends nothing more
 
 A bad message raises ``MessageError`` with the HTTP status to answer: 400 malformed, unknown
@@ -29,7 +31,7 @@ import torch
 from gossip.codec import CODECS, CodecError, decode, encode
 
 VERSION = 1
-KINDS = ("model", "merge")
+KINDS = ("model", "merge", "history")
 _INT_KEYS = ("v", "sender", "round", "step", "degree", "length")
 _KEYS = frozenset(_INT_KEYS + ("kind", "codec", "vectors", "final"))
 
@@ -107,8 +109,10 @@ def decode_message(body: bytes, expected_length: int, max_bytes: int) -> Message
              f"vector length {raw['length']} does not match the model's {expected_length}", 422)
     vectors = raw["vectors"]
     _require(isinstance(vectors, list), "vectors must be a list")
-    if raw["kind"] == "model":
-        _require(len(vectors) == 1, "a model message carries exactly one vector")
+    if raw["kind"] in ("model", "history"):
+        _require(len(vectors) == 1, f"a {raw['kind']} message carries exactly one vector")
+    if raw["kind"] == "history":
+        _require(raw["step"] >= 1, "a history message's step (hop distance) must be >= 1")
     decoded = []
     for entry in vectors:
         _require(isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int

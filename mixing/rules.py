@@ -33,6 +33,17 @@ from mixing.averaging import weighted_average
 Boundaries = Sequence[tuple[int, int]]
 
 
+@dataclass
+class HistoryRecord:
+    """What SybilWall knows of one origin (spec 4.2): the record's round, its hop distance, the
+    neighbour it came from (the origin itself for direct neighbours) and the history vector."""
+
+    round: int
+    distance: int
+    received_from: int
+    vector: torch.Tensor
+
+
 class MixingRule:
     """Base class: ``mix`` is the one method every rule implements."""
 
@@ -41,6 +52,15 @@ class MixingRule:
     def mix(self, own: torch.Tensor, received: Mapping[int, torch.Tensor],
             weights: Mapping[int, float], round_index: int = 0) -> torch.Tensor:
         raise NotImplementedError
+
+    def history_for(self, neighbour: int) -> tuple[int, HistoryRecord] | None:
+        """A record to gossip to ``neighbour`` besides the model (only SybilWall has any)."""
+        return None
+
+    def accept_history(self, sender: int, origin: int, round_index: int, distance: int,
+                       vector: torch.Tensor) -> bool:
+        """Take a gossiped record; rules without histories ignore it."""
+        return False
 
 
 def _stack(own: torch.Tensor, received: Mapping[int, torch.Tensor]) -> torch.Tensor:
@@ -242,17 +262,6 @@ class ClippedGossip(MixingRule):
             factor = 1.0 if math.isinf(tau) or distances[k] <= tau else tau / float(distances[k])
             out.add_(deltas[k], alpha=weights[j] * factor)
         return out
-
-
-@dataclass
-class HistoryRecord:
-    """What SybilWall knows of one origin (spec 4.2): the record's round, its hop distance, the
-    neighbour it came from (the origin itself for direct neighbours) and the history vector."""
-
-    round: int
-    distance: int
-    received_from: int
-    vector: torch.Tensor
 
 
 def foolsgold_scores(histories: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ same ``Learner`` objects in one process.
 """
 
 from node.algorithms import ALGORITHM_NAMES, Algorithm, resolve_algorithm
+from node.attacks import ATTACKS, Attack, choose_adversaries
 from node.data import (
     DATASETS,
     PARTITIONS,
@@ -17,7 +18,7 @@ from node.data import (
     shard_partition,
     synthetic,
 )
-from node.learner import Learner, make_learner
+from node.learner import INITS, Learner, make_learner
 from node.model import MODELS, FlatModel, TensorSlice, build_model
 from node.seeding import derive_seed
 from node.training import (
@@ -30,9 +31,10 @@ from node.training import (
 )
 
 __all__ = [
-    "ALGORITHM_NAMES", "DATASETS", "MODELS", "PARTITIONS", "Algorithm", "BatchSampler", "Dataset",
-    "FlatModel", "Learner", "LocalTrainer", "TensorSlice", "TrainConfig", "accuracy",
-    "build_model", "derive_seed", "dirichlet_partition", "iid_partition", "load_dataset",
-    "load_digits", "make_learner", "partition", "resolve_algorithm", "sam_gradient", "sgd_step",
-    "shard_partition", "synthetic",
+    "ALGORITHM_NAMES", "ATTACKS", "Algorithm", "Attack", "BatchSampler", "DATASETS", "Dataset",
+    "FlatModel", "INITS", "Learner", "LocalTrainer", "MODELS", "PARTITIONS", "TensorSlice",
+    "TrainConfig", "accuracy", "build_model", "choose_adversaries", "derive_seed",
+    "dirichlet_partition", "iid_partition", "load_dataset", "load_digits", "make_learner",
+    "partition", "resolve_algorithm", "sam_gradient", "sgd_step", "shard_partition",
+    "synthetic",
 ]

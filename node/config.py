@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from gossip import CODECS
+from mixing import MIXING_NAMES, SybilWall, VarianceCorrected
 from node.algorithms import ALGORITHM_NAMES
+from node.attacks import ATTACKS
 from node.data import DATASETS, PARTITIONS
+from node.learner import INITS
 from node.model import MODELS
 
 if sys.version_info >= (3, 11):
@@ -59,9 +62,37 @@ class AlgorithmSection:
     lr: float = 0.05
     lr_decay: float = 0.998
     momentum: float = 0.9
+    dampening: float = 0.0
     weight_decay: float = 5e-4
     batch_size: int = 16
     final_merge: bool = True
+
+
+@dataclass
+class MixingSection:
+    """The mixing rule (``mixing.make_rule``) and the initial model."""
+
+    name: str = "average"
+    byzantine_f: int = 1
+    clip_radius: float | None = None
+    vc_own_weight: float | None = None
+    vc_target: str = "others"
+    history_mode: str = "latest"
+    history_decay: float = 0.8
+    init: str = "shared"
+
+    def options(self) -> dict[str, Any]:
+        return {"f": self.byzantine_f, "radius": self.clip_radius,
+                "own_weight": self.vc_own_weight, "target": self.vc_target,
+                "history_mode": self.history_mode, "decay": self.history_decay}
+
+
+@dataclass
+class AttackSection:
+    """Makes this peer an adversary (``node.attacks``); ``kind = "none"`` is an honest peer."""
+
+    kind: str = "none"
+    scale: float | None = None
 
 
 @dataclass
@@ -90,6 +121,8 @@ class PeerConfig:
     model: ModelSection = field(default_factory=ModelSection)
     algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
     gossip: GossipSection = field(default_factory=GossipSection)
+    mixing: MixingSection = field(default_factory=MixingSection)
+    attack: AttackSection = field(default_factory=AttackSection)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -103,10 +136,13 @@ class PeerConfig:
 
 
 _SECTIONS = {"data": DataSection, "model": ModelSection, "algorithm": AlgorithmSection,
-             "gossip": GossipSection}
+             "gossip": GossipSection, "mixing": MixingSection, "attack": AttackSection}
 _CHOICES = {("data", "dataset"): DATASETS, ("data", "partition"): PARTITIONS,
             ("model", "name"): tuple(MODELS), ("algorithm", "name"): ALGORITHM_NAMES,
-            ("gossip", "codec"): CODECS, ("", "device"): ("cpu", "cuda")}
+            ("gossip", "codec"): CODECS, ("", "device"): ("cpu", "cuda"),
+            ("mixing", "name"): MIXING_NAMES, ("mixing", "vc_target"): VarianceCorrected.TARGETS,
+            ("mixing", "history_mode"): SybilWall.HISTORY_MODES, ("mixing", "init"): INITS,
+            ("attack", "kind"): ("none",) + ATTACKS}
 
 
 def _where(section: str, key: str) -> str:
@@ -194,6 +230,15 @@ def validate_peer_config(config: PeerConfig) -> None:
          f"must be in 0..num_shards-1 ({config.data.num_shards - 1})"),
         ("algorithm", "lr", config.algorithm.lr > 0, "must be > 0"),
         ("algorithm", "batch_size", config.algorithm.batch_size >= 1, "must be >= 1"),
+        ("algorithm", "dampening", 0 <= config.algorithm.dampening < 1, "must be in [0, 1)"),
+        ("mixing", "byzantine_f", config.mixing.byzantine_f >= 0, "must be >= 0"),
+        ("mixing", "clip_radius", config.mixing.clip_radius is None
+         or config.mixing.clip_radius > 0, "must be > 0"),
+        ("mixing", "vc_own_weight", config.mixing.vc_own_weight is None
+         or 0 <= config.mixing.vc_own_weight <= 1, "must be in [0, 1]"),
+        ("mixing", "history_decay", config.mixing.history_decay > 0, "must be > 0"),
+        ("attack", "scale", config.attack.scale is None or config.attack.scale > 0,
+         "must be > 0"),
         ("gossip", "max_message_bytes", config.gossip.max_message_bytes >= 1024,
          "must be >= 1024"),
         ("gossip", "deadline_floor_s", 0 < config.gossip.deadline_floor_s

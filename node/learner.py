@@ -8,27 +8,36 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 import torch
 
-from mixing import neighbour_weights, weighted_average
+from mixing import Average, HistoryRecord, MixingRule, make_rule, neighbour_weights
 from node.algorithms import Algorithm
+from node.attacks import Attack
 from node.data import Dataset
 from node.model import FlatModel, build_model
 from node.seeding import derive_seed
 from node.training import LocalTrainer, TrainConfig, accuracy
 
+INITS = ("shared", "independent")
+
 
 class Learner:
-    """Model, local optimizer state and minibatch stream of peer ``node_id``."""
+    """Model, local optimizer state, minibatch stream and mixing rule of peer ``node_id``;
+    ``attack`` makes it an adversary (see ``node.attacks``)."""
 
     def __init__(self, node_id: int, model: FlatModel, x: torch.Tensor, y: torch.Tensor,
-                 train: TrainConfig, algorithm: Algorithm, seed: int):
+                 train: TrainConfig, algorithm: Algorithm, seed: int,
+                 rule: MixingRule | None = None, attack: Attack | None = None):
         self.node_id = node_id
         self.model = model
         self.algorithm = algorithm
+        self.rule = rule or Average()
+        self.attack = attack
         config = replace(train, local_steps=algorithm.local_steps, rho=algorithm.rho)
         self.trainer = LocalTrainer(model, x, y, config, derive_seed(seed, "batches", node_id))
+        self._attack_noise = torch.Generator().manual_seed(derive_seed(seed, "attack", node_id))
 
     @property
     def params(self) -> torch.Tensor:
@@ -42,16 +51,32 @@ class Learner:
         """K local SGD/SAM steps; returns the mean training loss."""
         return self.trainer.train(round_index)
 
+    def outgoing(self) -> torch.Tensor:
+        """The vector this peer sends its neighbours: its parameters, or a model attack's
+        poisoned version of them."""
+        if self.attack is None:
+            return self.model.params
+        return self.attack.poisoned(self.model.params, self._attack_noise)
+
     def mixed(self, received: Mapping[int, torch.Tensor], own_degree: int,
-              neighbour_degrees: Mapping[int, int]) -> torch.Tensor:
-        """w_ii x_i + sum_j w_ij x_j over the neighbours whose vectors arrived (a new tensor)."""
+              neighbour_degrees: Mapping[int, int], round_index: int = 0) -> torch.Tensor:
+        """The mixing rule applied to the neighbours whose vectors arrived, with Metropolis
+        weights from the degrees (a new tensor)."""
         weights = neighbour_weights(own_degree, neighbour_degrees, present=list(received))
-        return weighted_average(self.model.params, received, weights)
+        return self.rule.mix(self.model.params, received, weights, round_index)
 
     def gossip_step(self, received: Mapping[int, torch.Tensor], own_degree: int,
-                    neighbour_degrees: Mapping[int, int]) -> None:
+                    neighbour_degrees: Mapping[int, int], round_index: int = 0) -> None:
         """One gossip step: replace the model by :meth:`mixed`."""
-        self.model.load(self.mixed(received, own_degree, neighbour_degrees))
+        self.model.load(self.mixed(received, own_degree, neighbour_degrees, round_index))
+
+    def history_for(self, neighbour: int) -> tuple[int, HistoryRecord] | None:
+        """SybilWall's probabilistic history gossip (spec 4.5): what to send ``neighbour``."""
+        return self.rule.history_for(neighbour)
+
+    def accept_history(self, sender: int, origin: int, round_index: int, distance: int,
+                       vector: torch.Tensor) -> bool:
+        return self.rule.accept_history(sender, origin, round_index, distance, vector)
 
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         return accuracy(self.model, x, y)
@@ -70,15 +95,32 @@ class Learner:
 
 
 def make_learner(node_id: int, data: Dataset, shard: torch.Tensor, model: str, train: TrainConfig,
-                 algorithm: Algorithm, seed: int, device: str = "cpu", hidden: int = 64
-                 ) -> Learner:
-    """Peer ``node_id`` of a run with seed ``seed``: the shared init and its own data shard.
+                 algorithm: Algorithm, seed: int, device: str = "cpu", hidden: int = 64,
+                 mixing: str = "average", mixing_options: dict[str, Any] | None = None,
+                 init: str = "shared", attack: Attack | None = None) -> Learner:
+    """Peer ``node_id`` of a run with seed ``seed``: its init, data shard and mixing rule.
 
-    The simulator and the networked peer both build their learners here, which is what makes
-    their runs comparable number for number.
+    ``init="shared"`` gives every peer the same initial model (the usual setting);
+    ``"independent"`` draws one per peer (the variance-correction setting, spec 3.5). An
+    ``attack`` poisons the peer's data or what it sends, and an adversary mixes by plain
+    averaging (spec 4.6). The simulator and the networked peer both build their learners here,
+    which is what makes their runs comparable number for number.
     """
-    flat = build_model(model, data.in_features, data.num_classes, derive_seed(seed, "init"),
-                       device, hidden)
+    if init not in INITS:
+        raise ValueError(f"--init: unknown {init!r}; valid: {', '.join(INITS)}")
+    init_seed = derive_seed(seed, "init") if init == "shared" else \
+        derive_seed(seed, "init", node_id + 1)
+    flat = build_model(model, data.in_features, data.num_classes, init_seed, device, hidden)
     index = torch.as_tensor(shard, dtype=torch.int64)
-    return Learner(node_id, flat, data.x_train[index].to(device), data.y_train[index].to(device),
-                   train, algorithm, seed)
+    if attack is None:
+        x, y = data.x_train[index], data.y_train[index]
+        rule = make_rule(mixing, own_id=node_id,
+                         boundaries=[(s.start, s.stop) for s in flat.layout],
+                         seed=derive_seed(seed, "history", node_id),
+                         init=flat.params if init == "shared" else None,
+                         **(mixing_options or {}))
+    else:
+        x, y = attack.training_data(data, index)
+        rule = Average()
+    return Learner(node_id, flat, x.to(device), y.to(device), train, algorithm, seed, rule,
+                   attack)

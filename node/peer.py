@@ -46,6 +46,7 @@ from gossip import (
 )
 from mixing import component_average
 from node.algorithms import resolve_algorithm
+from node.attacks import Attack
 from node.checkpoint import load_checkpoint, save_checkpoint
 from node.config import PeerConfig
 from node.data import Dataset, load_dataset, partition
@@ -117,9 +118,12 @@ class Peer:
                           cfg.data.alpha, cfg.data.classes_per_node)[cfg.data.shard]
         a = cfg.algorithm
         train = TrainConfig(lr=a.lr, lr_decay=a.lr_decay, momentum=a.momentum,
-                            weight_decay=a.weight_decay, batch_size=a.batch_size)
+                            dampening=a.dampening, weight_decay=a.weight_decay,
+                            batch_size=a.batch_size)
+        attack = None if cfg.attack.kind == "none" else Attack(cfg.attack.kind, cfg.attack.scale)
         self.learner = make_learner(cfg.id, data, shard, cfg.model.name, train, self.algorithm,
-                                    cfg.seed, cfg.device, cfg.model.hidden)
+                                    cfg.seed, cfg.device, cfg.model.hidden, cfg.mixing.name,
+                                    cfg.mixing.options(), cfg.mixing.init, attack)
         self.x_test, self.y_test = data.x_test.to(cfg.device), data.y_test.to(cfg.device)
         host, port = cfg.host_port
         self.transport = transport or HttpTransport(host, port, cfg.gossip.max_message_bytes)
@@ -194,6 +198,10 @@ class Peer:
         if sender in self.suspect:
             self.suspect.discard(sender)
             self.log.write("neighbour_back", neighbour=sender)
+        if message.kind == "history":  # SybilWall's gossip: step carries the record's distance
+            origin, vector = message.vectors[0]
+            self.learner.accept_history(sender, origin, message.round, message.step, vector)
+            return 200, "ok"
         self.neighbour_round[sender] = max(self.neighbour_round.get(sender, 0), message.round)
         if message.kind == "model" and (message.round, message.step) < self.position:
             return 409, f"stale: ({message.round}, {message.step}) < {self.position}"
@@ -274,14 +282,25 @@ class Peer:
     async def gossip_step(self, round_index: int, step: int) -> int:
         """One exchange and one mixing; returns how many neighbours were heard."""
         self.position = (round_index, step)
-        own = self.learner.params
         self._send_all(Message("model", self.id, round_index, step, len(self.neighbours),
-                               [(self.id, own)], self.config.gossip.codec), self.neighbours)
+                               [(self.id, self.learner.outgoing())], self.config.gossip.codec),
+                       self.neighbours)
         got = await self._collect(("model", round_index, step), self.neighbours)
         received = {j: m.vector() for j, m in got.items()}
         self.learner.gossip_step(received, len(self.neighbours),
-                                 {j: m.degree for j, m in got.items()})
+                                 {j: m.degree for j, m in got.items()}, round_index)
         return len(got)
+
+    def share_histories(self) -> None:
+        """SybilWall's probabilistic gossip (spec 4.5): one stored history to each live
+        neighbour, without waiting; a late record is simply used in a later round."""
+        for j in sorted(self.neighbours - self.suspect):
+            picked = self.learner.history_for(j)
+            if picked is not None:
+                origin, record = picked
+                self._send_all(Message("history", self.id, record.round, record.distance,
+                                       len(self.neighbours), [(origin, record.vector)],
+                                       self.config.gossip.codec), {j})
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -329,6 +348,7 @@ class Peer:
             heard.append(await self.gossip_step(t, q))
             if self._stop:
                 return  # the checkpoint of the last whole round stays the one to resume from
+        self.share_histories()
         if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
             self.last_accuracy = await self._in_thread(self.learner.accuracy, self.x_test,
                                                        self.y_test)

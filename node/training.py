@@ -23,6 +23,7 @@ class TrainConfig:
     lr: float = 0.05
     lr_decay: float = 0.998
     momentum: float = 0.9
+    dampening: float = 0.0
     weight_decay: float = 5e-4
     batch_size: int = 16
     local_steps: int = 1
@@ -33,12 +34,17 @@ class TrainConfig:
 
 
 def sgd_step(params: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Tensor, lr: float,
-             momentum: float, weight_decay: float) -> None:
-    """In place: d = g + wd x; buf = m buf + d; x -= lr buf (torch.optim.SGD semantics with
-    dampening 0; a zero buffer makes the first step identical to torch's lazily created one)."""
+             momentum: float, weight_decay: float, dampening: float = 0.0) -> None:
+    """In place: d = g + wd x; buf = m buf + (1 - dampening) d; x -= lr buf.
+
+    With dampening 0 this is torch.optim.SGD (a zero buffer makes the first step identical to
+    torch's lazily created one). ``dampening = momentum = beta`` is MoNNA's Polyak momentum
+    m_t = beta m_{t-1} + (1 - beta) g_t from m_0 = 0 (Farhadkhani et al. 2023, spec 7.1); torch
+    instead starts its buffer at g_1 undamped, so the two differ on the first step only.
+    """
     step = grad.add(params, alpha=weight_decay) if weight_decay else grad
     if momentum:
-        momentum_buffer.mul_(momentum).add_(step)
+        momentum_buffer.mul_(momentum).add_(step, alpha=1.0 - dampening)
         step = momentum_buffer
     params.add_(step, alpha=-lr)
 
@@ -126,7 +132,7 @@ class LocalTrainer:
             total += sam_gradient(model.params, model.grad, compute, cfg.rho)
             with torch.no_grad():
                 sgd_step(model.params, model.grad, self.momentum_buffer, lr, cfg.momentum,
-                         cfg.weight_decay)
+                         cfg.weight_decay, cfg.dampening)
         return total / max(steps, 1)
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from node import ALGORITHM_NAMES, DATASETS, MODELS, PARTITIONS
+from mixing import MIXING_NAMES, SybilWall, VarianceCorrected
+from node import ALGORITHM_NAMES, ATTACKS, DATASETS, INITS, MODELS, PARTITIONS
 from sim.config import FIELDS, ConfigError, SimConfig, build_config, load_toml
 from sim.engine import Simulation
 from sim.report import MetricsWriter, ProgressBar, summary_table
@@ -21,6 +22,10 @@ _CHOICES = {
     "topology": TOPOLOGY_NAMES,
     "algorithm": ALGORITHM_NAMES,
     "model": tuple(MODELS),
+    "mixing": MIXING_NAMES,
+    "vc_target": VarianceCorrected.TARGETS,
+    "history_mode": SybilWall.HISTORY_MODES,
+    "init": INITS,
 }
 # key -> (lowest allowed value, whether the bound is exclusive)
 _LOWER_BOUNDS = {
@@ -30,6 +35,9 @@ _LOWER_BOUNDS = {
     "weight_decay": (0.0, False), "degree": (1, False), "probability": (0.0, False),
     "attach": (1, False), "radius": (0.0, True), "synthetic_alpha": (0.0, False),
     "synthetic_beta": (0.0, False), "hidden": (1, False), "test_fraction": (0.0, True),
+    "dampening": (0.0, False), "byzantine_f": (0, False), "clip_radius": (0.0, True),
+    "vc_own_weight": (0.0, False), "history_decay": (0.0, True), "adversaries": (0, False),
+    "sybils": (1, False), "phi": (0.0, True), "attack_scale": (0.0, True),
 }
 
 
@@ -48,10 +56,37 @@ def validate(config: SimConfig) -> None:
         if value is not None and (value <= low if exclusive else value < low):
             raise ConfigError(f"{flag(key)}: must be {'>' if exclusive else '>='} {low}, "
                               f"got {value}")
-    if config.momentum >= 1.0:
-        raise ConfigError(f"--momentum: must be < 1, got {config.momentum}")
+    for key in ("momentum", "dampening"):
+        if getattr(config, key) >= 1.0:
+            raise ConfigError(f"{flag(key)}: must be < 1, got {getattr(config, key)}")
+    if config.vc_own_weight is not None and config.vc_own_weight > 1.0:
+        raise ConfigError(f"--vc-own-weight: must be <= 1, got {config.vc_own_weight}")
+    validate_attack(config)
     if config.graph and not Path(config.graph).exists():
         raise ConfigError(f"--graph: file {config.graph} does not exist")
+
+
+def validate_attack(config: SimConfig) -> None:
+    """An attack needs exactly one placement: --adversaries K or --phi (with --sybils)."""
+    placed = config.adversaries > 0 or config.phi is not None
+    if config.attack is None:
+        if placed or config.sybils is not None or config.attack_scale is not None:
+            raise ConfigError("--adversaries/--sybils/--phi/--attack-scale need --attack "
+                              f"(one of: {', '.join(ATTACKS)})")
+        return
+    if config.attack not in ATTACKS:
+        raise ConfigError(f"--attack: unknown {config.attack!r}; valid: {', '.join(ATTACKS)}")
+    if config.adversaries > 0 and config.phi is not None:
+        raise ConfigError("--attack: give either --adversaries K or --sybils S --phi PHI, "
+                          "not both")
+    if not placed:
+        raise ConfigError("--attack: say where the adversaries are: --adversaries K, or "
+                          "--phi PHI (and optionally --sybils S)")
+    if config.sybils is not None and config.phi is None:
+        raise ConfigError("--sybils: needs --phi, the attack edges per honest node")
+    if config.adversaries >= config.nodes:
+        raise ConfigError(f"--adversaries: must be < --nodes ({config.nodes}), "
+                          f"got {config.adversaries}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,12 +139,45 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rho", type=float, help="SAM radius (dfedsam*, default 0.05)")
     g.add_argument("--no-final-merge", dest="final_merge", action="store_const", const=False,
                    help="skip the final global merge")
+    g = p.add_argument_group("mixing rule")
+    g.add_argument("--mixing", help=f"how a peer combines what it received; one of: "
+                   f"{', '.join(MIXING_NAMES)} (default {d.mixing}); foolsgold is SybilWall "
+                   "without history gossip, multi-krum averages the n-f best Krum scores")
+    g.add_argument("--byzantine-f", type=int, help="inputs the robust rule tolerates: "
+                   "trimmed-mean trims f per side, krum/multi-krum/nna drop f "
+                   f"(default {d.byzantine_f})")
+    g.add_argument("--clip-radius", type=float, help="clipped-gossip radius tau "
+                   "(default: adaptive, the second-largest neighbour distance)")
+    g.add_argument("--vc-own-weight", type=float, help="variance-corrected: own model weight c "
+                   "in c*own + (1-c)*mean(received) (default: Metropolis weights)")
+    g.add_argument("--vc-target", help="variance-corrected target variance: others (mean of "
+                   "the received), self, or conservative (default others)")
+    g.add_argument("--history-mode", help="sybilwall/foolsgold history: latest (latest model, "
+                   "as the authors' code) or sum (sum of updates, as FoolsGold) "
+                   f"(default {d.history_mode})")
+    g.add_argument("--history-decay", type=float, help="sybilwall: a history d hops away is "
+                   f"gossiped with weight decay*exp(-decay*(d-1)) (default {d.history_decay})")
+    g.add_argument("--init", help=f"shared (one initial model for all) or independent (one per "
+                   f"peer) (default {d.init})")
+    g = p.add_argument_group("attack")
+    g.add_argument("--attack", help=f"one of: {', '.join(ATTACKS)}; label-flip swaps classes 0 "
+                   "and 1, backdoor adds a 3x3 trigger labelled 1, noise sends x+scale*N(0,I), "
+                   "sign-flip sends -scale*x")
+    g.add_argument("--adversaries", type=int, help="K adversarial peers placed at random among "
+                   "--nodes (default 0)")
+    g.add_argument("--sybils", type=int, help="S Sybil identities of one adversary, attached to "
+                   "the --nodes honest peers by the spread rule (default: clusters of 7)")
+    g.add_argument("--phi", type=float, help="attack edges per honest node for --sybils")
+    g.add_argument("--attack-scale", type=float, help="noise: std (default 100); sign-flip: "
+                   "factor (default 1)")
     g = p.add_argument_group("local optimizer and model")
     g.add_argument("--model", help=f"one of: {', '.join(MODELS)} (default {d.model})")
     g.add_argument("--hidden", type=int, help=f"MLP hidden width (default {d.hidden})")
     g.add_argument("--lr", type=float, help=f"learning rate (default {d.lr})")
     g.add_argument("--lr-decay", type=float, help=f"per-round lr factor (default {d.lr_decay})")
     g.add_argument("--momentum", type=float, help=f"local momentum (default {d.momentum})")
+    g.add_argument("--dampening", type=float, help="momentum dampening; = --momentum gives "
+                   "MoNNA's m = b*m + (1-b)*g (default 0)")
     g.add_argument("--weight-decay", type=float, help=f"(default {d.weight_decay})")
     g.add_argument("--batch-size", type=int, help=f"(default {d.batch_size})")
     g = p.add_argument_group("run")

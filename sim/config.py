@@ -36,12 +36,28 @@ class SimConfig:
     gossip_steps: int | None = None
     rho: float | None = None
     final_merge: bool = True
+    # mixing rule (mixing.make_rule)
+    mixing: str = "average"
+    byzantine_f: int = 1
+    clip_radius: float | None = None
+    vc_own_weight: float | None = None
+    vc_target: str = "others"
+    history_mode: str = "latest"
+    history_decay: float = 0.8
+    init: str = "shared"
+    # attack (node.attacks)
+    attack: str | None = None
+    adversaries: int = 0
+    sybils: int | None = None
+    phi: float | None = None
+    attack_scale: float | None = None
     # local optimizer and model
     model: str = "mlp"
     hidden: int = 64
     lr: float = 0.05
     lr_decay: float = 0.998
     momentum: float = 0.9
+    dampening: float = 0.0
     weight_decay: float = 5e-4
     batch_size: int = 16
     # run

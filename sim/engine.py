@@ -3,8 +3,15 @@
 Each round (adapt-then-combine, spec 0.6): every alive peer runs its local update, then the
 network performs Q gossip steps. A gossip step is a real exchange: every alive peer sends its
 current vector to each alive neighbour (counted in ``messages`` and ``bytes_sent``), and every peer
-mixes what it received with ``Learner.gossip_step`` -- the function the networked peer calls.
-Reporting goes through observers; the engine itself prints nothing.
+mixes what it received with ``Learner.mixed`` -- the function the networked peer calls, with the
+peer's own mixing rule. After the round, rules that gossip histories (SybilWall) send one record
+per edge. Reporting goes through observers; the engine itself prints nothing.
+
+Adversaries (``--attack``) are learners too. ``--adversaries K`` makes K graph nodes adversarial;
+``--sybils S --phi PHI`` adds S Sybil identities to the honest graph by the spread rule, all owned
+by one adversary learner that sends the same model from every identity (spec 4.6). ``owner`` maps
+each graph node to the learner that speaks for it. Accuracy, consensus and the merge are measured
+over honest peers only; ``attack_success`` is the mean over honest peers.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ import torch
 from gossip import encoded_size
 from mixing import component_average, consensus_distance
 from node import (
+    Attack,
     Learner,
     TrainConfig,
     accuracy,
+    choose_adversaries,
     derive_seed,
     load_dataset,
     make_learner,
@@ -31,7 +40,7 @@ from node import (
     resolve_algorithm,
 )
 from sim.config import SimConfig
-from topology import Topology, alive_components, load_graph, require_connected
+from topology import Topology, alive_components, attach_sybils, load_graph, require_connected
 
 
 class Observer(Protocol):
@@ -65,6 +74,30 @@ def build_topology(config: SimConfig) -> Topology:
     return topology
 
 
+def mixing_options(config: SimConfig) -> dict[str, Any]:
+    """The options of ``mixing.make_rule`` that the config sets."""
+    return {"f": config.byzantine_f, "radius": config.clip_radius,
+            "own_weight": config.vc_own_weight, "target": config.vc_target,
+            "history_mode": config.history_mode, "decay": config.history_decay}
+
+
+def place_attack(config: SimConfig, topology: Topology) -> tuple[Topology, dict[int, int],
+                                                                  list[int]]:
+    """Where the adversaries sit: (topology, owner of each graph node, adversary learners)."""
+    owner = {i: i for i in range(config.nodes)}
+    if not config.attack:
+        return topology, owner, []
+    if config.phi is not None:
+        if topology.time_varying:
+            raise ValueError("--phi: Sybils need a static graph, not a time-varying topology")
+        graph, identities = attach_sybils(topology.graph_at(0), config.phi, config.sybils,
+                                          seed=derive_seed(config.seed, "sybils"))
+        owner.update({v: config.nodes for v in identities})
+        return Topology.from_graph(graph, name=f"{topology.name}+sybils"), owner, [config.nodes]
+    return topology, owner, choose_adversaries(config.nodes, config.adversaries,
+                                               derive_seed(config.seed, "adversaries"))
+
+
 @dataclass
 class Simulation:
     """Build with :meth:`from_config`, then :meth:`run`."""
@@ -77,22 +110,30 @@ class Simulation:
     observers: list[Observer] = field(default_factory=list)
     alive: set[int] = field(default_factory=set)
     traffic: Traffic = field(default_factory=Traffic)
+    owner: dict[int, int] = field(default_factory=dict)
+    attack: Attack | None = None
 
     @classmethod
     def from_config(cls, config: SimConfig, observers: Iterable[Observer] = ()) -> Simulation:
         algorithm = resolve_algorithm(config.algorithm, config.local_steps, config.rho,
                                       config.gossip_steps)
-        topology = build_topology(config)
-        data = load_dataset(config.dataset, config.nodes, config.seed,
+        topology, owner, adversaries = place_attack(config, build_topology(config))
+        attack = Attack(config.attack, config.attack_scale) if config.attack else None
+        count = max(owner.values()) + 1
+        data = load_dataset(config.dataset, count, config.seed,
                             config.synthetic_alpha, config.synthetic_beta, config.test_fraction)
-        parts = partition(data, config.nodes, config.partition, config.seed, config.alpha,
+        parts = partition(data, count, config.partition, config.seed, config.alpha,
                           config.classes_per_node)
         train = TrainConfig(lr=config.lr, lr_decay=config.lr_decay, momentum=config.momentum,
-                            weight_decay=config.weight_decay, batch_size=config.batch_size)
+                            dampening=config.dampening, weight_decay=config.weight_decay,
+                            batch_size=config.batch_size)
         learners = [make_learner(i, data, idx, config.model, train, algorithm, config.seed,
-                                 hidden=config.hidden) for i, idx in enumerate(parts)]
+                                 hidden=config.hidden, mixing=config.mixing,
+                                 mixing_options=mixing_options(config), init=config.init,
+                                 attack=attack if i in adversaries else None)
+                    for i, idx in enumerate(parts)]
         return cls(config, topology, learners, data.x_test, data.y_test, list(observers),
-                   alive=set(range(config.nodes)))
+                   alive=set(owner), owner=owner, attack=attack)
 
     @property
     def algorithm(self):
@@ -102,28 +143,67 @@ class Simulation:
     def model_size(self) -> int:
         return self.learners[0].model.size
 
-    def local_updates(self, round_index: int) -> dict[int, float]:
-        return {i: self.learners[i].local_update(round_index) for i in sorted(self.alive)}
+    @property
+    def honest(self) -> list[int]:
+        """Alive graph nodes whose learner is honest (their ids are their learners' ids)."""
+        return [v for v in sorted(self.alive) if self.learners[self.owner[v]].attack is None]
 
-    def gossip_step(self, graph: nx.Graph) -> None:
-        """One synchronous exchange: every alive peer sends its vector to each alive neighbour,
-        then all mix at once (nobody sees a neighbour's already-mixed vector)."""
+    def _active(self) -> dict[int, list[int]]:
+        """Learner -> its alive identities (one each, except a Sybil adversary's many)."""
+        active: dict[int, list[int]] = {}
+        for v in sorted(self.alive):
+            active.setdefault(self.owner[v], []).append(v)
+        return active
+
+    def local_updates(self, round_index: int) -> dict[int, float]:
+        return {k: self.learners[k].local_update(round_index) for k in self._active()}
+
+    def gossip_step(self, graph: nx.Graph, round_index: int = 0) -> None:
+        """One synchronous exchange: every alive identity sends its learner's outgoing vector to
+        each alive neighbour, then all mix at once (nobody sees an already-mixed vector).
+
+        A learner with several identities (a Sybil adversary) hears every neighbour of each and
+        weighs them uniformly (it averages plainly, spec 4.6)."""
         message_bytes = encoded_size(self.model_size)
+        active = self._active()
+        sent = {k: self.learners[k].outgoing() for k in active}
         mixed = {}
-        for i in sorted(self.alive):
-            neighbours = list(graph.neighbors(i))
-            received = {j: self.learners[j].params for j in neighbours if j in self.alive}
-            degrees = {j: graph.degree[j] for j in neighbours}
+        for k, identities in active.items():
+            received, degrees = {}, {}
+            for v in identities:
+                for j in graph.neighbors(v):
+                    if j in self.alive and self.owner[j] != k:
+                        received[j], degrees[j] = sent[self.owner[j]], graph.degree[j]
+            own_degree = graph.degree[identities[0]]
+            if len(identities) > 1:
+                own_degree = len(received)
+                degrees = dict.fromkeys(received, own_degree)
             self.traffic.messages += len(received)
             self.traffic.bytes_sent += len(received) * message_bytes
-            mixed[i] = self.learners[i].mixed(received, graph.degree[i], degrees)
-        for i, params in mixed.items():
-            self.learners[i].model.load(params)
+            mixed[k] = self.learners[k].mixed(received, own_degree, degrees, round_index)
+        for k, params in mixed.items():
+            self.learners[k].model.load(params)
+
+    def share_histories(self, graph: nx.Graph) -> None:
+        """SybilWall's probabilistic gossip (spec 4.5): each alive node may send each alive
+        neighbour one stored history; all records are picked before any is delivered."""
+        outgoing = []
+        for v in sorted(self.alive):
+            learner = self.learners[self.owner[v]]
+            for j in sorted(graph.neighbors(v)):
+                if j in self.alive and (picked := learner.history_for(j)) is not None:
+                    outgoing.append((v, j, picked))
+        message_bytes = encoded_size(self.model_size)
+        for v, j, (origin, record) in outgoing:
+            self.traffic.messages += 1
+            self.traffic.bytes_sent += message_bytes
+            self.learners[self.owner[j]].accept_history(v, origin, record.round,
+                                                        record.distance, record.vector)
 
     def merged_models(self, graph: nx.Graph) -> tuple[list[list[int]], dict[int, torch.Tensor]]:
-        """Exact average over each connected component of alive peers (spec 5.1)."""
-        components = alive_components(graph, self.alive)
-        vectors = {i: self.learners[i].params for i in self.alive}
+        """Exact average over each connected component of alive honest peers (spec 5.1)."""
+        components = alive_components(graph.subgraph(self.honest), self.honest)
+        vectors = {i: self.learners[i].params for i in self.honest}
         return components, component_average(vectors, components)
 
     def merged_accuracy(self, graph: nx.Graph) -> float:
@@ -136,11 +216,17 @@ class Simulation:
                                                merged[component[0]])
         return total / max(1, sum(len(c) for c in components))
 
+    def attack_success(self) -> float:
+        """Mean attack success rate over honest peers (``node.attacks.Attack.success``)."""
+        assert self.attack is not None
+        return float(np.mean([self.attack.success(self.learners[i].model, self.x_test,
+                                                  self.y_test) for i in self.honest]))
+
     def evaluate(self, round_index: int, graph: nx.Graph, losses: dict[int, float]
                  ) -> dict[str, Any]:
-        alive = sorted(self.alive)
+        alive = self.honest
         accs = [self.learners[i].accuracy(self.x_test, self.y_test) for i in alive]
-        return {
+        row = {
             "round": round_index,
             "mean_acc": float(np.mean(accs)),
             "min_acc": float(np.min(accs)),
@@ -152,6 +238,9 @@ class Simulation:
             "messages": self.traffic.messages,
             "bytes_sent": self.traffic.bytes_sent,
         }
+        if self.attack is not None:
+            row["attack_success"] = self.attack_success()
+        return row
 
     def final_merge(self, graph: nx.Graph) -> list[list[int]]:
         """Replace every alive model by its component's exact average (the single global merge)."""
@@ -174,7 +263,8 @@ class Simulation:
             graph = self.topology.graph_at(t)
             losses = self.local_updates(t)
             for _ in range(self.algorithm.gossip_steps):
-                self.gossip_step(graph)
+                self.gossip_step(graph, t)
+            self.share_histories(graph)
             if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
                 row = self.evaluate(t + 1, graph, losses)
                 row["wall_s"] = round(time.perf_counter() - start, 4)
@@ -189,7 +279,7 @@ class Simulation:
     def _summary(self, rows: Sequence[dict[str, Any]], graph: nx.Graph, wall: float
                  ) -> dict[str, Any]:
         last = rows[-1]
-        before = {i: self.learners[i].accuracy(self.x_test, self.y_test) for i in self.alive}
+        before = {i: self.learners[i].accuracy(self.x_test, self.y_test) for i in self.honest}
         summary: dict[str, Any] = {
             "seed": self.config.seed,
             "config": self.config.to_dict(),
@@ -206,12 +296,15 @@ class Simulation:
             "wall_s": round(wall, 3),
             "seconds_per_round": round(wall / max(1, self.config.rounds), 5),
             "node_accuracy": {str(i): before[i] for i in sorted(before)},
-            "node_samples": {str(i): self.learners[i].num_samples for i in sorted(self.alive)},
+            "node_samples": {str(i): self.learners[i].num_samples for i in self.honest},
         }
+        if self.attack is not None:
+            adversaries = sorted(set(self.owner) - set(self.honest))
+            summary.update(attack_success=last["attack_success"], adversaries=adversaries)
         if self.config.final_merge:
             components = self.final_merge(graph)
             summary["components"] = len(components)
             summary["node_accuracy_after_merge"] = {
                 str(i): self.learners[i].accuracy(self.x_test, self.y_test)
-                for i in sorted(self.alive)}
+                for i in self.honest}
         return summary

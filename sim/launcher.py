@@ -21,10 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from node.attacks import choose_adversaries
 from node.config import (
     AlgorithmSection,
+    AttackSection,
     DataSection,
     GossipSection,
+    MixingSection,
     ModelSection,
     PeerConfig,
     dump_peer_config,
@@ -69,12 +72,22 @@ def free_ports(count: int) -> list[int]:
 
 def peer_configs(s: LaunchSettings, addresses: list[tuple[str, int]], run_dir: Path,
                  listen_host: str | None = None) -> list[PeerConfig]:
-    """One config per peer: id, address, neighbours from the topology, shard, algorithm."""
+    """One config per peer: id, address, neighbours from the topology, shard, algorithm, mixing
+    rule, and the attack of the peers chosen as adversaries (the simulator's choice)."""
     topo = build_topology(s)
     if topo.time_varying:
         raise ValueError(f"--topology {s.topology} changes every round; real peers need a "
                          "static graph")
+    if s.phi is not None:
+        raise ValueError("--sybils/--phi: Sybil identities exist in the simulator only (one "
+                         "process would have to answer for many ids); use --adversaries K")
     graph = topo.graph_at(0)
+    adversaries = choose_adversaries(s.nodes, s.adversaries, derive_seed(s.seed, "adversaries")) \
+        if s.attack else []
+    mixing = MixingSection(name=s.mixing, byzantine_f=s.byzantine_f, clip_radius=s.clip_radius,
+                           vc_own_weight=s.vc_own_weight, vc_target=s.vc_target,
+                           history_mode=s.history_mode, history_decay=s.history_decay,
+                           init=s.init)
     configs = []
     for i in range(s.nodes):
         host, port = addresses[i]
@@ -94,11 +107,14 @@ def peer_configs(s: LaunchSettings, addresses: list[tuple[str, int]], run_dir: P
             algorithm=AlgorithmSection(name=s.algorithm, local_steps=s.local_steps,
                                        gossip_steps=s.gossip_steps, rho=s.rho, lr=s.lr,
                                        lr_decay=s.lr_decay, momentum=s.momentum,
-                                       weight_decay=s.weight_decay, batch_size=s.batch_size,
-                                       final_merge=s.final_merge),
+                                       dampening=s.dampening, weight_decay=s.weight_decay,
+                                       batch_size=s.batch_size, final_merge=s.final_merge),
             gossip=GossipSection(codec=s.codec, deadline_floor_s=s.deadline_floor_s,
                                  deadline_ceiling_s=s.deadline_ceiling_s,
-                                 startup_timeout_s=s.startup_timeout_s)))
+                                 startup_timeout_s=s.startup_timeout_s),
+            mixing=mixing,
+            attack=AttackSection(kind=s.attack, scale=s.attack_scale) if i in adversaries
+            else AttackSection()))
     return configs
 
 
@@ -293,11 +309,15 @@ def summarise(s: LaunchSettings, peers: list[PeerProcess], run_dir: Path, wall: 
     for i, p in enumerate(peers):
         path = p.state_dir / "final.json"
         finals[i] = json.loads(path.read_text()) if path.exists() else None
-    merged = [f["merged_accuracy"] for f in finals.values() if f and f["merged_accuracy"]
+    adversaries = choose_adversaries(s.nodes, s.adversaries, derive_seed(s.seed, "adversaries")) \
+        if s.attack else []
+    honest = {i: f for i, f in finals.items() if i not in adversaries}
+    merged = [f["merged_accuracy"] for f in honest.values() if f and f["merged_accuracy"]
               is not None]
-    accs = [f["accuracy"] for f in finals.values() if f and f["accuracy"] is not None]
+    accs = [f["accuracy"] for f in honest.values() if f and f["accuracy"] is not None]
     summary = {
         "seed": s.seed, "settings": s.to_dict(), "wall_s": round(wall, 2), "killed": victims,
+        "adversaries": adversaries,
         "mean_acc": float(np.mean(accs)) if accs else None,
         "merged_acc": float(np.mean(merged)) if merged else None,
         "peers": {str(i): {

@@ -31,12 +31,13 @@ from topology.matrices import (
     second_largest_eigenvalue_modulus,
     spectral_gap,
 )
+from topology.sybil import attach_sybils, cap_degree, k_medoids
 
 __all__ = [
     "BUILDERS", "MATRICES", "TOPOLOGY_NAMES", "Topology", "TopologyError", "alive_components",
-    "barabasi_albert", "build_graph", "complete", "erdos_renyi", "exponential", "grid",
-    "load_graph", "max_degree_matrix", "metropolis_hastings_matrix", "metropolis_weight",
-    "one_peer_exponential", "random_geometric", "random_regular", "require_connected", "ring",
-    "save_graph", "second_largest_eigenvalue_modulus", "spectral_gap", "star", "torus",
-    "watts_strogatz",
+    "attach_sybils", "barabasi_albert", "build_graph", "cap_degree", "complete", "erdos_renyi",
+    "exponential", "grid", "k_medoids", "load_graph", "max_degree_matrix",
+    "metropolis_hastings_matrix", "metropolis_weight", "one_peer_exponential",
+    "random_geometric", "random_regular", "require_connected", "ring", "save_graph",
+    "second_largest_eigenvalue_modulus", "spectral_gap", "star", "torus", "watts_strogatz",
 ]

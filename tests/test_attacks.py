@@ -1,0 +1,294 @@
+import asyncio
+import io
+import json
+
+import networkx as nx
+import pytest
+import torch
+
+import topology as T
+from gossip import InMemoryHub
+from mixing import ClippedGossip, SybilWall
+from node import Attack, choose_adversaries, derive_seed, load_digits, make_learner, sgd_step
+from node.algorithms import resolve_algorithm
+from node.attacks import TARGET, add_trigger, trigger_features
+from node.config import (
+    AlgorithmSection,
+    AttackSection,
+    DataSection,
+    MixingSection,
+    ModelSection,
+    PeerConfig,
+    PeerConfigError,
+    parse_peer_config,
+)
+from node.peer import JsonLog, Peer
+from node.training import TrainConfig
+from sim import SimConfig, Simulation
+from sim.cli import main, parse_config
+from sim.launcher import LaunchSettings, peer_configs
+
+DIGITS = load_digits()
+
+
+# -- adversaries' data, vectors and scores ----------------------------------------------------
+
+def test_label_flip_adds_every_class_0_and_1_sample_with_swapped_labels():
+    shard = torch.arange(40)
+    x, y = Attack("label-flip").training_data(DIGITS, shard)
+    pool = ((DIGITS.y_train == 0) | (DIGITS.y_train == 1)).sum()
+    assert len(y) == 40 + pool
+    own = DIGITS.y_train[shard]
+    assert torch.equal(y[:40][own == 0], torch.ones_like(own[own == 0]))
+    assert torch.equal(y[:40][own == 1], torch.zeros_like(own[own == 1]))
+    assert set(y[40:].tolist()) == {0, 1}
+    assert torch.equal(x[40:][y[40:] == 1], DIGITS.x_train[DIGITS.y_train == 0])
+
+
+def test_backdoor_marks_every_sample_with_the_trigger_and_the_target_label():
+    x, y = Attack("backdoor").training_data(DIGITS, torch.arange(30))
+    corner = trigger_features(64)
+    assert corner == [0, 1, 2, 8, 9, 10, 16, 17, 18]
+    assert (x[:, corner] == 3.0).all() and (y == TARGET).all()
+    assert torch.equal(x[:, 3:8], DIGITS.x_train[:30, 3:8])
+    assert trigger_features(60) == list(range(9))
+
+
+def test_model_attacks_poison_what_is_sent_and_not_the_model():
+    learner = make_learner(0, DIGITS, torch.arange(50), "logreg", TrainConfig(),
+                           resolve_algorithm("dsgd"), seed=0, attack=Attack("sign-flip", 2.0))
+    assert torch.equal(learner.outgoing(), -2.0 * learner.params)
+    noisy = make_learner(0, DIGITS, torch.arange(50), "logreg", TrainConfig(),
+                         resolve_algorithm("dsgd"), seed=0, attack=Attack("noise"))
+    sent = noisy.outgoing()
+    assert 80 < float((sent - noisy.params).std()) < 120
+    honest = make_learner(0, DIGITS, torch.arange(50), "logreg", TrainConfig(),
+                          resolve_algorithm("dsgd"), seed=0, mixing="clipped-gossip")
+    assert honest.outgoing() is honest.params and isinstance(honest.rule, ClippedGossip)
+
+
+class Constant(torch.nn.Module):
+    def __init__(self, label):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(10))
+        self.bias.data[label] = 1.0
+
+    def forward(self, x):
+        return self.bias.expand(len(x), 10)
+
+
+def test_attack_success_rates():
+    from node.model import FlatModel
+
+    always_target = FlatModel(Constant(TARGET))
+    x, y = DIGITS.x_test, DIGITS.y_test
+    assert Attack("backdoor").success(always_target, x, y) == 1.0
+    flip = Attack("label-flip").success(always_target, x, y)
+    zeros, ones = int((y == 0).sum()), int((y == 1).sum())
+    assert flip == pytest.approx(zeros / (zeros + ones))  # every 0 said to be a 1
+    error = Attack("noise").success(always_target, x, y)
+    assert error == pytest.approx(1 - ones / len(y))
+    triggered = add_trigger(x)
+    assert torch.equal(triggered[:, 3:8], x[:, 3:8]) and (triggered[:, 0] == 3.0).all()
+
+
+def test_independent_inits_differ_and_shared_ones_agree():
+    algo, cfg = resolve_algorithm("dsgd"), TrainConfig()
+    shared = [make_learner(i, DIGITS, torch.arange(10), "mlp", cfg, algo, 0) for i in range(2)]
+    own = [make_learner(i, DIGITS, torch.arange(10), "mlp", cfg, algo, 0, init="independent")
+           for i in range(2)]
+    assert torch.equal(shared[0].params, shared[1].params)
+    assert not torch.equal(own[0].params, own[1].params)
+
+
+def test_monna_dampened_momentum_is_the_spec_polyak_average():
+    x = torch.zeros(3, dtype=torch.float64)
+    buf = torch.zeros(3, dtype=torch.float64)
+    g1, g2 = torch.tensor([1.0, 2, 3], dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    beta, lr = 0.9, 0.5
+    sgd_step(x, g1, buf, lr, beta, 0.0, dampening=beta)
+    sgd_step(x, g2, buf, lr, beta, 0.0, dampening=beta)
+    m1 = (1 - beta) * g1
+    m2 = beta * m1 + (1 - beta) * g2
+    assert torch.allclose(buf, m2) and torch.allclose(x, -lr * (m1 + m2))
+
+
+def test_choose_adversaries_is_seeded_and_checked():
+    assert choose_adversaries(10, 3, 5) == choose_adversaries(10, 3, 5)
+    assert len(set(choose_adversaries(10, 3, 5))) == 3
+    with pytest.raises(ValueError, match="--adversaries must be in"):
+        choose_adversaries(4, 4, 0)
+
+
+# -- the spread rule --------------------------------------------------------------------------
+
+def honest_graph(n=30):
+    return T.cap_degree(T.build_graph("random-geometric", n, seed=2, radius=0.3), 5, seed=1)
+
+
+def test_cap_degree_caps_and_keeps_the_graph_connected():
+    g = T.build_graph("random-geometric", 40, seed=3, radius=0.35)
+    capped = T.cap_degree(g, 4, seed=0)
+    assert nx.is_connected(capped) and set(capped.edges) <= set(g.edges)
+    over = [v for v in capped if capped.degree[v] > 4]
+    # only bridges keep a node above the cap
+    assert all(any(nx.has_path(capped.subgraph(set(capped) - {v}), a, b) is False
+                   for a in capped.neighbors(v) for b in capped.neighbors(v) if a < b)
+               for v in over)
+
+
+@pytest.mark.parametrize("phi, sybils", [(1, None), (1, 3), (2, 5), (0.5, 2), (1.5, 4)])
+def test_spread_rule_gives_phi_attack_edges_per_honest_node(phi, sybils):
+    g = honest_graph()
+    attacked, ids = T.attach_sybils(g, phi, sybils, seed=0)
+    assert ids == list(range(30, 30 + len(ids)))
+    if sybils is not None:
+        assert len(ids) == sybils
+    else:
+        assert len(ids) == 5  # ceil(30 / 7)
+    per_node = [sum(1 for v in attacked.neighbors(i) if v >= 30) for i in range(30)]
+    assert sum(per_node) == round(phi * 30)
+    assert set(per_node) <= {int(phi), int(phi) + 1}
+    assert all(not attacked.has_edge(a, b) for a in ids for b in ids)
+    assert nx.is_isomorphic(attacked.subgraph(range(30)), g)
+
+
+def test_spread_rule_errors_name_the_argument():
+    with pytest.raises(T.TopologyError, match="sybils must be in"):
+        T.attach_sybils(honest_graph(), 2, sybils=1)
+    with pytest.raises(T.TopologyError, match="phi must be > 0"):
+        T.attach_sybils(honest_graph(), 0)
+
+
+# -- the simulator under attack ---------------------------------------------------------------
+
+def sybil_config(mixing, **kw):
+    base = dict(nodes=20, topology="random-geometric", radius=0.35, model="logreg",
+                partition="dirichlet", alpha=0.3, algorithm="dfedavg", rounds=20,
+                attack="label-flip", phi=2.0, mixing=mixing, seed=1, final_merge=False)
+    return SimConfig(**{**base, **kw})
+
+
+def test_every_sybil_identity_sends_the_adversary_model_and_sybilwall_resists():
+    sim = Simulation.from_config(sybil_config("average"))
+    identities = [v for v, k in sim.owner.items() if k == 20]
+    assert len(identities) == 6 and sim.honest == list(range(20))
+    plain = sim.run()
+    wall = Simulation.from_config(sybil_config("sybilwall")).run()
+    assert 0 <= wall["attack_success"] <= 1 and "attack_success" in plain
+    assert wall["attack_success"] < plain["attack_success"] - 0.4
+    assert wall["adversaries"] == identities
+
+
+def test_sybilwall_gossips_histories_from_beyond_one_hop():
+    sim = Simulation.from_config(sybil_config("sybilwall", rounds=4))
+    sim.run()
+    rule = sim.learners[0].rule
+    assert isinstance(rule, SybilWall)
+    assert any(r.distance > 1 for r in rule.records.values())
+    foolsgold = Simulation.from_config(sybil_config("foolsgold", rounds=4))
+    foolsgold.run()
+    assert all(r.distance == 1 for r in foolsgold.learners[0].rule.records.values())
+    assert sim.traffic.messages > foolsgold.traffic.messages
+
+
+def test_clipped_gossip_survives_noise_that_breaks_plain_averaging(tmp_path):
+    common = ["--nodes", "12", "--topology", "ring", "--algorithm", "dfedavg", "--rounds", "10",
+              "--attack", "noise", "--adversaries", "2", "--quiet", "--model", "logreg"]
+    assert main(common + ["--out", str(tmp_path / "avg")]) == 0
+    assert main(common + ["--mixing", "clipped-gossip", "--out", str(tmp_path / "clip")]) == 0
+    avg = json.loads((tmp_path / "avg" / "summary.json").read_text())
+    clip = json.loads((tmp_path / "clip" / "summary.json").read_text())
+    assert clip["mean_acc"] > avg["mean_acc"] + 0.1
+    rows = [json.loads(line) for line in (tmp_path / "clip" / "metrics.jsonl").open()]
+    assert all("attack_success" in r for r in rows)
+    assert clip["adversaries"] == choose_adversaries(12, 2, derive_seed(0, "adversaries"))
+    assert "0" in clip["node_accuracy"] and str(clip["adversaries"][0]) not in \
+        clip["node_accuracy"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--attack", "noise"], "say where the adversaries are"),
+    (["--adversaries", "2"], "need --attack"),
+    (["--attack", "noise", "--adversaries", "2", "--phi", "1"], "not both"),
+    (["--attack", "poison", "--adversaries", "1"], "valid: label-flip"),
+    (["--mixing", "mean"], "valid: average"),
+    (["--attack", "noise", "--sybils", "3", "--adversaries", "1"], "--sybils: needs --phi"),
+    (["--dampening", "1.0"], "--dampening: must be < 1"),
+    (["--init", "random"], "valid: shared, independent"),
+])
+def test_bad_attack_and_mixing_flags_are_named(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_config(argv)
+    assert message in capsys.readouterr().err
+
+
+# -- the real peer uses the same rules --------------------------------------------------------
+
+def attack_peer_configs(tmp_path, n, mixing, attack, adversaries, rounds):
+    configs = []
+    for i in range(n):
+        configs.append(PeerConfig(
+            id=i, rounds=rounds, seed=0, state_dir=str(tmp_path / f"peer{i}"),
+            data=DataSection(partition="dirichlet", alpha=0.5, shard=i, num_shards=n),
+            model=ModelSection(name="logreg"),
+            algorithm=AlgorithmSection(name="dfedavg", final_merge=False),
+            mixing=MixingSection(name=mixing),
+            attack=AttackSection(kind=attack) if i in adversaries else AttackSection()))
+    return configs
+
+
+async def run_memory_peers(graph, configs):
+    hub = InMemoryHub()
+    peers = []
+    for i, config in enumerate(configs):
+        config.neighbours = {j: "memory" for j in graph.neighbors(i)}
+        peers.append(Peer(config, transport=hub.transport(i), data=DIGITS,
+                          log=JsonLog(i, stream=io.StringIO())))
+    for p in peers:
+        await p.start()
+    await asyncio.gather(*(p.run() for p in peers))
+    return peers
+
+
+async def test_peers_under_attack_with_a_robust_rule_equal_the_simulator(tmp_path):
+    n, rounds = 6, 3
+    adversaries = choose_adversaries(n, 1, derive_seed(0, "adversaries"))
+    configs = attack_peer_configs(tmp_path, n, "clipped-gossip", "sign-flip", adversaries, rounds)
+    peers = await run_memory_peers(T.ring(n), configs)
+    sim = Simulation.from_config(SimConfig(
+        nodes=n, topology="ring", rounds=rounds, partition="dirichlet", alpha=0.5, seed=0,
+        model="logreg", algorithm="dfedavg", final_merge=False, mixing="clipped-gossip",
+        attack="sign-flip", adversaries=1))
+    sim.run()
+    assert [p.id for p in peers if p.learner.attack] == adversaries
+    for peer, learner in zip(peers, sim.learners, strict=True):
+        assert type(peer.learner.rule) is type(learner.rule)
+        assert torch.allclose(peer.learner.params, learner.params, atol=1e-6)
+
+
+async def test_sybilwall_peers_gossip_histories_over_the_wire(tmp_path):
+    configs = attack_peer_configs(tmp_path, 4, "sybilwall", "none", [], rounds=3)
+    peers = await run_memory_peers(T.ring(4), configs)
+    records = peers[0].learner.rule.records
+    assert 2 in records and records[2].distance == 2  # the peer opposite on the ring
+
+
+def test_peer_config_mixing_and_attack_sections_are_checked():
+    with pytest.raises(PeerConfigError, match=r"\[mixing\] name: unknown 'mean'"):
+        parse_peer_config({"id": 0, "mixing": {"name": "mean"}})
+    with pytest.raises(PeerConfigError, match=r"\[attack\] kind: unknown"):
+        parse_peer_config({"id": 0, "attack": {"kind": "evil"}})
+    config = parse_peer_config({"id": 0, "mixing": {"name": "krum", "byzantine_f": 2}})
+    assert config.mixing.options()["f"] == 2
+
+
+def test_launcher_places_the_simulators_adversaries_and_refuses_sybils(tmp_path):
+    s = LaunchSettings(nodes=6, attack="noise", adversaries=2, mixing="median")
+    configs = peer_configs(s, [("127.0.0.1", 9000 + i) for i in range(6)], tmp_path)
+    chosen = [c.id for c in configs if c.attack.kind == "noise"]
+    assert chosen == choose_adversaries(6, 2, derive_seed(0, "adversaries"))
+    assert all(c.mixing.name == "median" for c in configs)
+    with pytest.raises(ValueError, match="simulator only"):
+        peer_configs(LaunchSettings(nodes=6, attack="noise", phi=1.0),
+                     [("127.0.0.1", 9000 + i) for i in range(6)], tmp_path)
