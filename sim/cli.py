@@ -36,6 +36,7 @@ _LOWER_BOUNDS = {
     "attach": (1, False), "radius": (0.0, True), "synthetic_alpha": (0.0, False),
     "synthetic_beta": (0.0, False), "hidden": (1, False), "test_fraction": (0.0, True),
     "dampening": (0.0, False), "byzantine_f": (0, False), "clip_radius": (0.0, True),
+    "max_degree": (1, False),
     "vc_own_weight": (0.0, False), "history_decay": (0.0, True), "adversaries": (0, False),
     "sybils": (1, False), "phi": (0.0, True), "attack_scale": (0.0, True),
 }
@@ -128,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attach", type=int, help="edges per new node (m) of barabasi-albert "
                    "(default 2)")
     g.add_argument("--radius", type=float, help="radius of random-geometric (default 0.3)")
+    g.add_argument("--max-degree", type=int, help="remove random edges (never a bridge) until "
+                   "no node has more neighbours than this")
     g = p.add_argument_group("algorithm")
     g.add_argument("--algorithm", help=f"one of: {', '.join(ALGORITHM_NAMES)} "
                    f"(default {d.algorithm})")

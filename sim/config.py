@@ -29,6 +29,7 @@ class SimConfig:
     probability: float | None = None
     attach: int | None = None
     radius: float | None = None
+    max_degree: int | None = None
     # algorithm
     algorithm: str = "dsgd"
     rounds: int = 100

@@ -40,7 +40,14 @@ from node import (
     resolve_algorithm,
 )
 from sim.config import SimConfig
-from topology import Topology, alive_components, attach_sybils, load_graph, require_connected
+from topology import (
+    Topology,
+    alive_components,
+    attach_sybils,
+    cap_degree,
+    load_graph,
+    require_connected,
+)
 
 
 class Observer(Protocol):
@@ -69,6 +76,13 @@ def build_topology(config: SimConfig) -> Topology:
             config.topology, config.nodes, seed=derive_seed(config.seed, "topology"),
             degree=config.degree, probability=config.probability, attach=config.attach,
             radius=config.radius)
+    if config.max_degree is not None:
+        if topology.time_varying:
+            raise ValueError("--max-degree: applies to a static graph only")
+        capped = cap_degree(topology.graph_at(0), config.max_degree,
+                            derive_seed(config.seed, "max-degree"))
+        topology = Topology.from_graph(capped, name=f"{topology.name} (degree <= "
+                                                    f"{config.max_degree})")
     if not topology.time_varying:
         require_connected(topology.graph_at(0), f"topology {topology.name}")
     return topology
