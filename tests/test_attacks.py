@@ -292,3 +292,13 @@ def test_launcher_places_the_simulators_adversaries_and_refuses_sybils(tmp_path)
     with pytest.raises(ValueError, match="simulator only"):
         peer_configs(LaunchSettings(nodes=6, attack="noise", phi=1.0),
                      [("127.0.0.1", 9000 + i) for i in range(6)], tmp_path)
+
+
+def test_max_degree_caps_the_simulated_graph():
+    sim = Simulation.from_config(SimConfig(nodes=30, topology="random-geometric", radius=0.4,
+                                           max_degree=4, rounds=1))
+    graph = sim.topology.graph_at(0)
+    assert nx.is_connected(graph)
+    wide = Simulation.from_config(SimConfig(nodes=30, topology="random-geometric", radius=0.4,
+                                            rounds=1)).topology.graph_at(0)
+    assert max(d for _, d in graph.degree) < max(d for _, d in wide.degree)
