@@ -215,3 +215,33 @@ def test_unknown_rule_and_bad_options_name_the_problem():
         ClippedGossip(radius=0)
     with pytest.raises(ValueError, match="history_mode"):
         SybilWall(0, history_mode="foo")
+
+
+def test_variance_correction_never_touches_batchnorm_statistics():
+    from node.model import FlatModel
+
+    torch.manual_seed(0)
+    model = FlatModel(torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4)))
+    model.module.train()(torch.randn(32, 6))  # give the running statistics values
+    buffers = {k: v.clone() for k, v in model.module.named_buffers()}
+    bounds = [(s.start, s.stop) for s in model.layout]
+    assert [s.name for s in model.layout] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    others = {j: torch.randn(model.size) for j in (1, 2, 3)}
+    rule = VarianceCorrected(bounds)
+    model.load(rule.mix(model.params, others, star_weights(others)))
+    assert all(torch.equal(v, buffers[k]) for k, v in model.module.named_buffers())
+    weight = model.params[bounds[0][0]:bounds[0][1]]
+    target = torch.stack([o[bounds[0][0]:bounds[0][1]].var() for o in others.values()]).mean()
+    assert float(weight.var()) == pytest.approx(float(target), rel=1e-3)
+
+
+@pytest.mark.parametrize("n", [2, 5, 9, 15])
+def test_median_and_trimmed_mean_equal_a_full_sort(n):
+    models = vectors(n, dim=200, seed=n)
+    own, received = models[0], dict(enumerate(models[1:], start=1))
+    ordered = torch.stack(models).sort(dim=0).values
+    expected_median = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+    assert torch.allclose(Median().mix(own, received, {}), expected_median, atol=1e-12)
+    f = min(2, (n - 1) // 2)
+    assert torch.allclose(TrimmedMean(f=2).mix(own, received, {}),
+                          ordered[f:n - f].mean(0), atol=1e-12)
