@@ -86,12 +86,13 @@ class Learner:
         momentum buffer and the minibatch stream's position and RNG."""
         return {"params": self.model.params.detach().cpu().clone(),
                 "momentum": self.trainer.momentum_buffer.detach().cpu().clone(),
-                "sampler": self.trainer.sampler.state_dict()}
+                "sampler": self.trainer.sampler.state_dict() if self.trainer.sampler else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load(state["params"].to(self.model.params.device))
         self.trainer.momentum_buffer.copy_(state["momentum"])
-        self.trainer.sampler.load_state_dict(state["sampler"])
+        if self.trainer.sampler is not None:
+            self.trainer.sampler.load_state_dict(state["sampler"])
 
 
 def make_learner(node_id: int, data: Dataset, shard: torch.Tensor, model: str, train: TrainConfig,

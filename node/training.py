@@ -107,7 +107,8 @@ class LocalTrainer:
     def __init__(self, model: FlatModel, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
                  seed: int):
         self.model, self.x, self.y, self.config = model, x, y, config
-        self.sampler = BatchSampler(len(y), config.batch_size, seed)
+        # a relay (no data) only mixes: it has no minibatches and its local update is a no-op
+        self.sampler = BatchSampler(len(y), config.batch_size, seed) if len(y) else None
         self.momentum_buffer = torch.zeros_like(model.params)
 
     def _gradient_on(self, batch: torch.Tensor) -> Callable[[], float]:
@@ -124,6 +125,8 @@ class LocalTrainer:
     def train(self, round_index: int, steps: int | None = None) -> float:
         """Run ``steps`` (default: config.local_steps) steps; return the mean minibatch loss."""
         cfg, model = self.config, self.model
+        if self.sampler is None:
+            return float("nan")
         steps = cfg.local_steps if steps is None else steps
         lr = cfg.lr_at(round_index)
         total = 0.0

@@ -14,6 +14,7 @@ from node import ALGORITHM_NAMES, ATTACKS, DATASETS, INITS, MODELS, PARTITIONS
 from sim.config import FIELDS, ConfigError, SimConfig, build_config, load_toml
 from sim.engine import Simulation
 from sim.report import MetricsWriter, ProgressBar, summary_table
+from sim.scenario import Event, load_scenario
 from topology import TOPOLOGY_NAMES, TopologyError
 
 _CHOICES = {
@@ -26,6 +27,7 @@ _CHOICES = {
     "vc_target": VarianceCorrected.TARGETS,
     "history_mode": SybilWall.HISTORY_MODES,
     "init": INITS,
+    "engine": ("reference", "batched"),
 }
 # key -> (lowest allowed value, whether the bound is exclusive)
 _LOWER_BOUNDS = {
@@ -36,7 +38,7 @@ _LOWER_BOUNDS = {
     "attach": (1, False), "radius": (0.0, True), "synthetic_alpha": (0.0, False),
     "synthetic_beta": (0.0, False), "hidden": (1, False), "test_fraction": (0.0, True),
     "dampening": (0.0, False), "byzantine_f": (0, False), "clip_radius": (0.0, True),
-    "max_degree": (1, False),
+    "max_degree": (1, False), "data_fraction": (0.0, True),
     "vc_own_weight": (0.0, False), "history_decay": (0.0, True), "adversaries": (0, False),
     "sybils": (1, False), "phi": (0.0, True), "attack_scale": (0.0, True),
 }
@@ -60,6 +62,10 @@ def validate(config: SimConfig) -> None:
     for key in ("momentum", "dampening"):
         if getattr(config, key) >= 1.0:
             raise ConfigError(f"{flag(key)}: must be < 1, got {getattr(config, key)}")
+    if config.data_fraction > 1.0:
+        raise ConfigError(f"--data-fraction: must be <= 1, got {config.data_fraction}")
+    if config.data_fraction < 1.0 and config.attack:
+        raise ConfigError("--data-fraction: relays and attacks do not combine; use 1")
     if config.vc_own_weight is not None and config.vc_own_weight > 1.0:
         raise ConfigError(f"--vc-own-weight: must be <= 1, got {config.vc_own_weight}")
     validate_attack(config)
@@ -105,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = p.add_argument
     add("--config", metavar="FILE", help="TOML file with any of the settings below")
+    add("--scenario", metavar="FILE", help="scenario TOML: settings as in --config plus "
+        "[[events]] (crash, leave, rejoin, link-failure, regional-outage, battery, partition, "
+        "trace); see sim/scenario.py")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help=f"one of: {', '.join(DATASETS)} (default {d.dataset})")
     g.add_argument("--partition", help=f"one of: {', '.join(PARTITIONS)}; 'natural' keeps "
@@ -129,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attach", type=int, help="edges per new node (m) of barabasi-albert "
                    "(default 2)")
     g.add_argument("--radius", type=float, help="radius of random-geometric (default 0.3)")
+    g.add_argument("--data-fraction", type=float, help="fraction of peers holding data, drawn "
+                   "with the seed; the others only relay (default 1)")
     g.add_argument("--max-degree", type=int, help="remove random edges (never a bridge) until "
                    "no node has more neighbours than this")
     g = p.add_argument_group("algorithm")
@@ -186,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, help=f"seeds the split, init, graph, batches "
                    f"(default {d.seed})")
+    g.add_argument("--engine", help="reference (peer by peer, every mixing rule and event) or "
+                   "batched (all peers in one tensor; average mixing only) (default reference)")
     g.add_argument("--eval-every", type=int, help=f"evaluate every N rounds "
                    f"(default {d.eval_every})")
     g.add_argument("--threads", type=int, help=f"torch CPU threads (default {d.threads})")
@@ -197,29 +210,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_config(argv: Sequence[str] | None = None) -> tuple[SimConfig, bool]:
+def parse_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, bool, list[Event]]:
+    """(config, quiet, scenario events): defaults < --config or --scenario file < flags."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     quiet = args.pop("quiet")
-    config_file = args.pop("config")
+    config_file, scenario_file = args.pop("config"), args.pop("scenario")
+    events: list[Event] = []
     try:
-        file_settings = load_toml(config_file) if config_file else {}
+        if config_file and scenario_file:
+            raise ConfigError("give --config or --scenario, not both")
+        if scenario_file:
+            file_settings, events = load_scenario(scenario_file)
+        else:
+            file_settings = load_toml(config_file) if config_file else {}
         config = build_config(file_settings, args)
         validate(config)
     except ConfigError as exc:
         parser.error(str(exc))
     if config.out is None:
         config.out = f"runs/{config.algorithm}-{config.topology}-s{config.seed}"
+    return config, quiet, events
+
+
+def parse_config(argv: Sequence[str] | None = None) -> tuple[SimConfig, bool]:
+    config, quiet, _ = parse_args(argv)
     return config, quiet
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config, quiet = parse_config(argv)
+    config, quiet, events = parse_args(argv)
     torch.set_num_threads(config.threads)
     try:
         sim = Simulation.from_config(
-            config, [MetricsWriter(config.out), ProgressBar(disable=quiet)])
-    except (ValueError, TopologyError) as exc:
+            config, [MetricsWriter(config.out), ProgressBar(disable=quiet)], events)
+    except (ValueError, TopologyError, ConfigError) as exc:
         print(f"python -m sim: error: {exc}", file=sys.stderr)
         return 2
     summary = sim.run()

@@ -30,6 +30,7 @@ class SimConfig:
     attach: int | None = None
     radius: float | None = None
     max_degree: int | None = None
+    data_fraction: float = 1.0
     # algorithm
     algorithm: str = "dsgd"
     rounds: int = 100
@@ -63,6 +64,7 @@ class SimConfig:
     batch_size: int = 16
     # run
     seed: int = 0
+    engine: str = "reference"
     eval_every: int = 1
     threads: int = 1
     out: str | None = None
@@ -76,13 +78,18 @@ FIELDS = {f.name: f for f in dataclasses.fields(SimConfig)}
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config; keys are the flag names with '-' or '_'. Unknown keys are errors."""
+    return settings_from_table(str(path), read_toml(path))
+
+
+def settings_from_table(where: str, table: dict[str, Any]) -> dict[str, Any]:
+    """SimConfig settings from a TOML table, each key checked against its field's type."""
     settings = {}
-    for key, value in read_toml(path).items():
+    for key, value in table.items():
         name = key.replace("-", "_")
         if name not in FIELDS:
             valid = ", ".join(k.replace("_", "-") for k in FIELDS)
-            raise ConfigError(f"{path}: unknown key '{key}'; valid: {valid}")
-        settings[name] = typed_value(f"{path}: key '{key}'", value, str(FIELDS[name].type))
+            raise ConfigError(f"{where}: unknown key '{key}'; valid: {valid}")
+        settings[name] = typed_value(f"{where}: key '{key}'", value, str(FIELDS[name].type))
     return settings
 
 

@@ -40,6 +40,7 @@ from node import (
     resolve_algorithm,
 )
 from sim.config import SimConfig
+from sim.scenario import Event, Timeline, in_disc
 from topology import (
     Topology,
     alive_components,
@@ -95,6 +96,16 @@ def mixing_options(config: SimConfig) -> dict[str, Any]:
             "history_mode": config.history_mode, "decay": config.history_decay}
 
 
+def choose_data_holders(count: int, fraction: float, seed: int) -> list[int]:
+    """The peers that hold data (sorted): all, or ``round(fraction * count)`` (at least one)
+    drawn with the seed; the others only relay (spec 6.2)."""
+    if fraction >= 1.0:
+        return list(range(count))
+    size = max(1, round(fraction * count))
+    rng = np.random.default_rng(derive_seed(seed, "data-holders"))
+    return sorted(int(v) for v in rng.choice(count, size=size, replace=False))
+
+
 def place_attack(config: SimConfig, topology: Topology) -> tuple[Topology, dict[int, int],
                                                                   list[int]]:
     """Where the adversaries sit: (topology, owner of each graph node, adversary learners)."""
@@ -126,18 +137,27 @@ class Simulation:
     traffic: Traffic = field(default_factory=Traffic)
     owner: dict[int, int] = field(default_factory=dict)
     attack: Attack | None = None
+    timeline: Timeline | None = None
+    data_holders: set[int] = field(default_factory=set)
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    _outages: dict[int, list[int]] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, config: SimConfig, observers: Iterable[Observer] = ()) -> Simulation:
+    def from_config(cls, config: SimConfig, observers: Iterable[Observer] = (),
+                    events: Sequence[Event] = ()) -> Simulation:
         algorithm = resolve_algorithm(config.algorithm, config.local_steps, config.rho,
                                       config.gossip_steps)
         topology, owner, adversaries = place_attack(config, build_topology(config))
         attack = Attack(config.attack, config.attack_scale) if config.attack else None
         count = max(owner.values()) + 1
-        data = load_dataset(config.dataset, count, config.seed,
+        holders = choose_data_holders(count, config.data_fraction, config.seed)
+        data = load_dataset(config.dataset, len(holders), config.seed,
                             config.synthetic_alpha, config.synthetic_beta, config.test_fraction)
-        parts = partition(data, count, config.partition, config.seed, config.alpha,
-                          config.classes_per_node)
+        shards = partition(data, len(holders), config.partition, config.seed, config.alpha,
+                           config.classes_per_node)
+        parts = [torch.zeros(0, dtype=torch.int64)] * count
+        for holder, shard in zip(holders, shards, strict=True):
+            parts[holder] = shard
         train = TrainConfig(lr=config.lr, lr_decay=config.lr_decay, momentum=config.momentum,
                             dampening=config.dampening, weight_decay=config.weight_decay,
                             batch_size=config.batch_size)
@@ -146,8 +166,10 @@ class Simulation:
                                  mixing_options=mixing_options(config), init=config.init,
                                  attack=attack if i in adversaries else None)
                     for i, idx in enumerate(parts)]
+        timeline = Timeline(list(events), derive_seed(config.seed, "events")) if events else None
         return cls(config, topology, learners, data.x_test, data.y_test, list(observers),
-                   alive=set(owner), owner=owner, attack=attack)
+                   alive=set(owner), owner=owner, attack=attack, timeline=timeline,
+                   data_holders=set(holders))
 
     @property
     def algorithm(self):
@@ -236,22 +258,51 @@ class Simulation:
         return float(np.mean([self.attack.success(self.learners[i].model, self.x_test,
                                                   self.y_test) for i in self.honest]))
 
+    def component_metrics(self, graph: nx.Graph, accs: dict[int, float]) -> dict[str, Any]:
+        """Connectivity after disruptions (spec 6.2): components of the alive honest peers on
+        this round's graph, accuracy inside and outside the largest, of each component's merged
+        model, and of isolated peers (no live neighbour)."""
+        components, merged = self.merged_models(graph)
+        largest = components[0] if components else []
+        outside = [i for c in components[1:] for i in c]
+        isolated = [c[0] for c in components if len(c) == 1]
+        model = self.learners[0].model
+
+        def mean_of(ids):
+            return float(np.mean([accs[i] for i in ids])) if ids else None
+
+        return {
+            "components": len(components),
+            "largest_component": len(largest),
+            "acc_largest": mean_of(largest),
+            "acc_outside": mean_of(outside),
+            "isolated": len(isolated),
+            "acc_isolated": mean_of(isolated),
+            "merged_acc_components": [
+                round(accuracy(model, self.x_test, self.y_test, merged[c[0]]), 4)
+                for c in components],
+        }
+
     def evaluate(self, round_index: int, graph: nx.Graph, losses: dict[int, float]
                  ) -> dict[str, Any]:
         alive = self.honest
-        accs = [self.learners[i].accuracy(self.x_test, self.y_test) for i in alive]
+        accs = {i: self.learners[i].accuracy(self.x_test, self.y_test) for i in alive}
+        values = list(accs.values())
+        trained = [losses[i] for i in alive if i in losses and not np.isnan(losses[i])]
         row = {
             "round": round_index,
-            "mean_acc": float(np.mean(accs)),
-            "min_acc": float(np.min(accs)),
-            "max_acc": float(np.max(accs)),
+            "mean_acc": float(np.mean(values)),
+            "min_acc": float(np.min(values)),
+            "max_acc": float(np.max(values)),
             "consensus_distance": consensus_distance([self.learners[i].params for i in alive]),
             "merged_acc": self.merged_accuracy(graph),
-            "train_loss": float(np.mean([losses[i] for i in alive])),
+            "train_loss": float(np.mean(trained)) if trained else None,
             "alive": len(alive),
             "messages": self.traffic.messages,
             "bytes_sent": self.traffic.bytes_sent,
         }
+        if self.timeline is not None:
+            row.update(self.component_metrics(graph, accs))
         if self.attack is not None:
             row["attack_success"] = self.attack_success()
         return row
@@ -275,6 +326,10 @@ class Simulation:
         graph = self.topology.graph_at(0)
         for t in range(cfg.rounds):
             graph = self.topology.graph_at(t)
+            if self.timeline is not None:
+                graph = self.apply_events(t, graph)
+            if not self.honest:
+                raise ValueError(f"round {t}: no peer is alive; the scenario removed every peer")
             losses = self.local_updates(t)
             for _ in range(self.algorithm.gossip_steps):
                 self.gossip_step(graph, t)
@@ -289,6 +344,93 @@ class Simulation:
         for obs in self.observers:
             obs.on_end(summary)
         return summary
+
+    # -- scenario events (sim.scenario) --------------------------------------------------------
+
+    def take_down(self, peers: Iterable[int]) -> None:
+        """Crashed peers send and receive nothing; their models stay as they were."""
+        self.alive -= set(peers)
+
+    def bring_back(self, peers: Iterable[int], base: nx.Graph, fresh: bool = False) -> None:
+        """Rejoin with the model kept, or (``fresh``) with a new one caught up from the
+        lowest-id live neighbour (its parameters copied, local momentum reset)."""
+        for v in sorted(set(peers) - self.alive):
+            if fresh:
+                learner = self.learners[v]
+                donors = sorted(j for j in base.neighbors(v) if j in self.alive)
+                if donors:
+                    learner.model.load(self.learners[donors[0]].params)
+                learner.trainer.momentum_buffer.zero_()
+            self.alive.add(v)
+
+    def _start(self, index: int, e: Event, base: nx.Graph, graph: nx.Graph, t: int) -> None:
+        tl = self.timeline
+        roles = {"all": self.alive, "data": self.alive & self.data_holders,
+                 "relays": self.alive - self.data_holders}
+        if e.kind in ("crash", "leave"):
+            if e.nodes is not None:
+                self._check_ids(e, e.nodes)
+                self.take_down(e.nodes)
+            else:
+                self.take_down(tl.select(e, index, sorted(roles[e.among]),
+                                         graph.subgraph(self.alive)))
+        elif e.kind == "rejoin":
+            if e.nodes is not None:
+                self._check_ids(e, e.nodes)
+            back = e.nodes if e.nodes is not None else sorted(set(self.owner) - self.alive)
+            self.bring_back(back, base, fresh=e.state == "fresh")
+        elif e.kind == "regional-outage":
+            self._outages[index] = [v for v in in_disc(base, e.center, e.radius)
+                                    if v in self.alive]
+            self.take_down(self._outages[index])
+        elif e.kind == "battery":
+            rng = tl.rng(index)
+            for v in sorted(roles[e.among]):
+                tl.lifetimes[v] = int(rng.integers(e.lifetime[0], e.lifetime[1] + 1))
+                tl.worked[v] = 0
+        elif e.kind == "partition":
+            tl.cut_edges[index] = tl.partition_edges(base, index)
+
+    def _check_ids(self, e: Event, ids: Sequence[int]) -> None:
+        unknown = sorted(set(ids) - set(self.owner))
+        if unknown:
+            raise ValueError(f"event {e.kind} at round {e.round}: unknown peers {unknown}")
+
+    def apply_events(self, t: int, base: nx.Graph) -> nx.Graph:
+        """Apply what the timeline says for round ``t``; return this round's graph. Disruptive
+        rounds are recorded in ``snapshots`` (graph and alive set before and after) for the
+        pictures drawn after the run."""
+        tl = self.timeline
+        before_alive, before_graph = set(self.alive), tl.graph_at(base, max(t - 1, 0))
+        labels = []
+        for index, e in enumerate(tl.events):
+            if e.round == t:
+                self._start(index, e, base, before_graph, t)
+                labels.append(e.label)
+            if e.until == t and e.kind == "regional-outage":
+                self.bring_back(self._outages.pop(index, []), base)
+                labels.append("outage ends")
+            if e.until == t and e.kind == "partition":
+                tl.cut_edges.pop(index, None)
+                labels.append("partition heals")
+        for v, lifetime in tl.lifetimes.items():
+            if v in self.alive and tl.worked[v] >= lifetime:
+                self.take_down([v])
+        for v in self.alive:
+            if v in tl.worked:
+                tl.worked[v] += 1
+        for v, intervals in tl.traces.items():
+            online = any(a <= t < b for a, b in intervals)
+            if online:
+                self.bring_back([v], base)
+            else:
+                self.take_down([v])
+        graph = tl.graph_at(base, t)
+        if labels:
+            self.snapshots.append({"round": t, "events": labels, "before": before_graph,
+                                   "alive_before": before_alive, "after": graph,
+                                   "alive_after": set(self.alive)})
+        return graph
 
     def _summary(self, rows: Sequence[dict[str, Any]], graph: nx.Graph, wall: float
                  ) -> dict[str, Any]:
@@ -312,6 +454,12 @@ class Simulation:
             "node_accuracy": {str(i): before[i] for i in sorted(before)},
             "node_samples": {str(i): self.learners[i].num_samples for i in self.honest},
         }
+        if self.timeline is not None:
+            summary["events"] = [vars(e) for e in self.timeline.events]
+            summary["data_holders"] = sorted(self.data_holders)
+            summary.update({k: last[k] for k in ("components", "largest_component",
+                                                   "acc_largest", "acc_outside", "isolated",
+                                                   "acc_isolated")})
         if self.attack is not None:
             adversaries = sorted(set(self.owner) - set(self.honest))
             summary.update(attack_success=last["attack_success"], adversaries=adversaries)

@@ -35,10 +35,12 @@ class MetricsWriter(Recorder):
         self.out = Path(out_dir)
         self.plot = plot
         self._fh: TextIO | None = None
+        self._sim = None  # kept for the graph pictures drawn at the end
 
     def on_start(self, sim) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         self._fh = (self.out / "metrics.jsonl").open("w")
+        self._sim = sim
 
     def on_round(self, row: dict[str, Any]) -> None:
         super().on_round(row)
@@ -52,11 +54,14 @@ class MetricsWriter(Recorder):
             self._fh.close()
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if self.plot:
-            from sim.plots import plot_accuracy
+            from sim.plots import plot_accuracy, plot_snapshots
 
             title = f"{summary['algorithm']['name']} on {summary['config']['topology']}, " \
                     f"{summary['config']['nodes']} peers, seed {summary['seed']}"
-            plot_accuracy(self.rows, self.out / "accuracy.png", title)
+            plot_accuracy(self.rows, self.out / "accuracy.png", title,
+                          summary.get("events", ()))
+            if self._sim is not None and self._sim.snapshots:
+                plot_snapshots(self._sim.snapshots, self._sim.data_holders, self.out)
 
 
 class ProgressBar:

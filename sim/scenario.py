@@ -1,0 +1,275 @@
+"""Scenario files: a whole study in one TOML file, with a timeline of disruptions.
+
+A scenario is the simulator's settings (the same keys as ``--config``) plus ``[[events]]``::
+
+    nodes = 60
+    topology = "barabasi-albert"
+    attach = 2
+    data_fraction = 0.5          # the other peers only relay
+    rounds = 60
+
+    [[events]]
+    round = 20                   # applied before round 20's local update
+    kind = "crash"               # crash/leave, rejoin, link-failure, regional-outage,
+    fraction = 0.3               #   battery, partition, trace
+    select = "degree"            # random (default), degree or betweenness
+    among = "relays"             # all (default), data or relays
+
+Event keys, by kind (``round`` is always allowed and defaults to 0):
+
+* ``crash`` / ``leave``: ``nodes = [ids]`` or ``fraction`` with ``select`` and ``among``. The peer
+  stops sending and receiving; its model is kept for a later ``rejoin``.
+* ``rejoin``: ``nodes = [ids]`` (default: every peer down), ``state = "kept"`` (the model it had)
+  or ``"fresh"`` (a new model that catches up by copying its lowest-id live neighbour's).
+* ``link-failure``: every edge is down with ``probability`` each round, until ``until``.
+* ``regional-outage``: every peer within ``radius`` of ``center = [x, y]`` (node attribute ``pos``
+  of a geometric graph) goes down; back with its model at ``until`` if given.
+* ``battery``: each peer (``among``) dies after a number of rounds of work drawn uniformly in
+  ``lifetime = [low, high]``.
+* ``partition``: the graph splits in two halves (Kernighan-Lin bisection, seeded) whose cross
+  edges are down until ``until`` (the heal).
+* ``trace``: ``file`` is a CSV of ``peer,start,end`` online intervals (end exclusive, one or more
+  lines per peer); listed peers are up exactly inside their intervals.
+
+Every event draws its randomness from its own stream of the run seed, so a scenario and a seed
+give the same timeline. Errors name the event (by index and kind) and the key.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from node.config import ConfigError, read_toml
+from node.seeding import derive_seed
+
+EVENT_KINDS = ("crash", "leave", "rejoin", "link-failure", "regional-outage", "battery",
+               "partition", "trace")
+SELECTIONS = ("random", "degree", "betweenness")
+AMONG = ("all", "data", "relays")
+_REQUIRED = {"link-failure": ("probability",), "regional-outage": ("center", "radius"),
+             "battery": ("lifetime",), "trace": ("file",)}
+_ALLOWED = {
+    "crash": ("nodes", "fraction", "select", "among"),
+    "leave": ("nodes", "fraction", "select", "among"),
+    "rejoin": ("nodes", "state"),
+    "link-failure": ("probability", "until"),
+    "regional-outage": ("center", "radius", "until"),
+    "battery": ("lifetime", "among"),
+    "partition": ("until",),
+    "trace": ("file",),
+}
+
+
+@dataclass
+class Event:
+    kind: str
+    round: int = 0
+    nodes: list[int] | None = None
+    fraction: float | None = None
+    select: str = "random"
+    among: str = "all"
+    state: str = "kept"
+    probability: float | None = None
+    until: int | None = None
+    center: list[float] | None = None
+    radius: float | None = None
+    lifetime: list[int] | None = None
+    file: str | None = None
+
+    @property
+    def label(self) -> str:
+        """A short text for plots: what happened."""
+        if self.kind in ("crash", "leave"):
+            who = f"{len(self.nodes)} peers" if self.nodes else \
+                f"{self.fraction:.0%} {self.select}" + ("" if self.among == "all"
+                                                       else f" {self.among}")
+            return f"{self.kind} {who}"
+        if self.kind == "link-failure":
+            return f"links fail p={self.probability}"
+        if self.kind == "regional-outage":
+            return f"outage r={self.radius}"
+        return self.kind
+
+
+_EVENT_TYPES = {f.name: f.type for f in fields(Event)}
+
+
+def parse_event(index: int, raw: Any, base: Path | None = None) -> Event:
+    """One ``[[events]]`` table, checked; errors say ``events[index] (kind): key ...``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"events[{index}] must be a table")
+    kind = raw.get("kind")
+    where = f"events[{index}] ({kind})"
+    if kind not in EVENT_KINDS:
+        raise ConfigError(f"events[{index}]: kind must be one of {', '.join(EVENT_KINDS)}, "
+                          f"got {kind!r}")
+    allowed = ("kind", "round") + _ALLOWED[kind]
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key '{key}'; valid: {', '.join(allowed)}")
+    for key in _REQUIRED.get(kind, ()):
+        if key not in raw:
+            raise ConfigError(f"{where}: key '{key}' is required")
+    values = {}
+    for key, value in raw.items():
+        values[key] = _checked(where, key, value)
+    event = Event(**values)
+    _check_ranges(where, event)
+    if event.file and base is not None and not Path(event.file).is_absolute():
+        event.file = str(base / event.file)
+    return event
+
+
+def _checked(where: str, key: str, value: Any) -> Any:
+    kind = str(_EVENT_TYPES[key])
+    if kind.startswith("list[int]"):
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                             for v in value)
+    elif kind.startswith("list[float]"):
+        ok = isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)
+        value = [float(v) for v in value] if ok else value
+    elif kind.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind.startswith("float"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{where}: key '{key}' must be {kind.split(' ')[0]}, got {value!r}")
+    return value
+
+
+def _check_ranges(where: str, e: Event) -> None:
+    problems = [
+        ("round", e.round >= 0, "must be >= 0"),
+        ("fraction", e.fraction is None or 0 < e.fraction <= 1, "must be in (0, 1]"),
+        ("select", e.select in SELECTIONS, f"must be one of {', '.join(SELECTIONS)}"),
+        ("among", e.among in AMONG, f"must be one of {', '.join(AMONG)}"),
+        ("state", e.state in ("kept", "fresh"), "must be kept or fresh"),
+        ("probability", e.probability is None or 0 <= e.probability <= 1, "must be in [0, 1]"),
+        ("until", e.until is None or e.until > e.round, "must be after round"),
+        ("center", e.center is None or len(e.center) == 2, "must be [x, y]"),
+        ("radius", e.radius is None or e.radius > 0, "must be > 0"),
+        ("lifetime", e.lifetime is None or (len(e.lifetime) == 2
+                                            and 1 <= e.lifetime[0] <= e.lifetime[1]),
+         "must be [low, high] with 1 <= low <= high"),
+    ]
+    for key, ok, message in problems:
+        if not ok:
+            raise ConfigError(f"{where}: key '{key}' {message}")
+    if e.kind in ("crash", "leave") and (e.nodes is None) == (e.fraction is None):
+        raise ConfigError(f"{where}: give exactly one of 'nodes' or 'fraction'")
+
+
+def load_scenario(path: str | Path) -> tuple[dict[str, Any], list[Event]]:
+    """(settings for SimConfig, events) of a scenario file. Settings are checked by the caller
+    exactly like a ``--config`` file; events here."""
+    from sim.config import settings_from_table
+
+    raw = read_toml(path)
+    events_raw = raw.pop("events", [])
+    if not isinstance(events_raw, list):
+        raise ConfigError(f"{path}: 'events' must be an array of tables ([[events]])")
+    base = Path(path).resolve().parent
+    events = [parse_event(i, e, base) for i, e in enumerate(events_raw)]
+    return settings_from_table(str(path), raw), events
+
+
+def read_trace(path: str | Path) -> dict[int, list[tuple[int, int]]]:
+    """``peer,start,end`` lines (a header line is allowed) -> online intervals per peer."""
+    intervals: dict[int, list[tuple[int, int]]] = {}
+    try:
+        with open(path, newline="") as fh:
+            for number, row in enumerate(csv.reader(fh), start=1):
+                if not row or row[0].strip().startswith("#") or row[0].strip() == "peer":
+                    continue
+                try:
+                    peer, start, end = (int(v) for v in row[:3])
+                except ValueError as exc:
+                    raise ConfigError(f"trace {path}, line {number}: expected peer,start,end "
+                                      f"integers, got {row}") from exc
+                if end <= start:
+                    raise ConfigError(f"trace {path}, line {number}: end {end} <= start {start}")
+                intervals.setdefault(peer, []).append((start, end))
+    except OSError as exc:
+        raise ConfigError(f"trace file {path}: {exc.strerror}") from exc
+    return intervals
+
+
+@dataclass
+class Timeline:
+    """The state the events leave behind: who is down, which edges are down; consulted by the
+    engine at the start of every round. It never touches models except through ``engine``'s
+    ``take_down`` / ``bring_back``."""
+
+    events: list[Event]
+    seed: int
+    down_edges: set[tuple[int, int]] = field(default_factory=set)
+    cut_edges: dict[int, set[tuple[int, int]]] = field(default_factory=dict)
+    lifetimes: dict[int, int] = field(default_factory=dict)
+    worked: dict[int, int] = field(default_factory=dict)
+    traces: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    applied: list[tuple[int, Event]] = field(default_factory=list)
+
+    def __post_init__(self):
+        for e in self.events:
+            if e.kind == "trace":
+                self.traces.update(read_trace(e.file))
+
+    def rng(self, index: int, round_index: int = 0) -> np.random.Generator:
+        return np.random.default_rng(derive_seed(self.seed, "event", index * 100003
+                                                 + round_index))
+
+    def select(self, event: Event, index: int, candidates: list[int], graph: nx.Graph
+               ) -> list[int]:
+        """``event.fraction`` of ``candidates`` (rounded, at least one), at random or by
+        centrality on the current graph (ties by id)."""
+        count = max(1, round(event.fraction * len(candidates))) if candidates else 0
+        if event.select == "random":
+            chosen = self.rng(index).choice(candidates, size=count, replace=False)
+            return sorted(int(v) for v in chosen)
+        if event.select == "degree":
+            score = dict(graph.degree(candidates))
+        else:
+            score = nx.betweenness_centrality(graph)
+        ranked = sorted(candidates, key=lambda v: (-score[v], v))
+        return sorted(ranked[:count])
+
+    def graph_at(self, base: nx.Graph, round_index: int) -> nx.Graph:
+        """The base graph minus this round's failed links and cut edges."""
+        graph = base.copy()
+        for index, e in enumerate(self.events):
+            if e.kind == "link-failure" and e.round <= round_index and \
+                    (e.until is None or round_index < e.until):
+                rng = self.rng(index, round_index)
+                edges = sorted(tuple(sorted(edge)) for edge in base.edges)
+                graph.remove_edges_from(edge for edge, draw in zip(edges, rng.random(len(edges)),
+                                                                  strict=True)
+                                        if draw < e.probability)
+        for cut in self.cut_edges.values():
+            graph.remove_edges_from(cut)
+        return graph
+
+    def partition_edges(self, graph: nx.Graph, index: int) -> set[tuple[int, int]]:
+        from networkx.algorithms.community import kernighan_lin_bisection
+
+        left, _ = kernighan_lin_bisection(graph, seed=derive_seed(self.seed, "partition",
+                                                                  index))
+        return {(a, b) for a, b in graph.edges if (a in left) != (b in left)}
+
+
+def in_disc(graph: nx.Graph, center: list[float], radius: float) -> list[int]:
+    """Nodes whose ``pos`` lies within ``radius`` of ``center``."""
+    missing = [v for v in graph if "pos" not in graph.nodes[v]]
+    if missing:
+        raise ConfigError("regional-outage needs node positions: use topology "
+                          "random-geometric or a graph file with 'pos' attributes")
+    return sorted(v for v in graph if math.dist(graph.nodes[v]["pos"], center) <= radius)
