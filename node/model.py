@@ -59,6 +59,18 @@ class FlatModel:
         """Copy ``vector`` into the parameters in place (the views stay valid)."""
         self.params.copy_(vector)
 
+    def bind(self, params: torch.Tensor, grad: torch.Tensor) -> None:
+        """Move the parameters and gradients into caller-owned storage (rows of the batched
+        engine's (n, D) matrices): the values are copied, then every ``nn.Parameter`` and its
+        ``.grad`` become views of the new storage, so nothing else about the model changes."""
+        params.copy_(self.params)
+        grad.copy_(self.grad)
+        self.params, self.grad = params, grad
+        for s, p in zip(self.layout, (p for p in self.module.parameters() if p.requires_grad),
+                        strict=True):
+            p.data = params[s.start:s.stop].view(s.shape)
+            p.grad = grad[s.start:s.stop].view(s.shape)
+
 
 class MLP(nn.Module):
     """64 -> hidden -> classes with ReLU: about 4.8k parameters on digits (spec 0.5)."""

@@ -11,8 +11,8 @@ import torch
 
 from mixing import MIXING_NAMES, SybilWall, VarianceCorrected
 from node import ALGORITHM_NAMES, ATTACKS, DATASETS, INITS, MODELS, PARTITIONS
+from sim.batched import build_simulation
 from sim.config import FIELDS, ConfigError, SimConfig, build_config, load_toml
-from sim.engine import Simulation
 from sim.report import MetricsWriter, ProgressBar, summary_table
 from sim.scenario import Event, load_scenario
 from topology import TOPOLOGY_NAMES, TopologyError
@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, quiet, events = parse_args(argv)
     torch.set_num_threads(config.threads)
     try:
-        sim = Simulation.from_config(
+        sim = build_simulation(
             config, [MetricsWriter(config.out), ProgressBar(disable=quiet)], events)
     except (ValueError, TopologyError, ConfigError) as exc:
         print(f"python -m sim: error: {exc}", file=sys.stderr)

@@ -283,10 +283,14 @@ class Simulation:
                 for c in components],
         }
 
+    def peer_accuracies(self, peers: Sequence[int]) -> dict[int, float]:
+        """Test accuracy of each of ``peers`` (the batched engine evaluates them together)."""
+        return {i: self.learners[i].accuracy(self.x_test, self.y_test) for i in peers}
+
     def evaluate(self, round_index: int, graph: nx.Graph, losses: dict[int, float]
                  ) -> dict[str, Any]:
         alive = self.honest
-        accs = {i: self.learners[i].accuracy(self.x_test, self.y_test) for i in alive}
+        accs = self.peer_accuracies(alive)
         values = list(accs.values())
         trained = [losses[i] for i in alive if i in losses and not np.isnan(losses[i])]
         row = {
@@ -435,7 +439,7 @@ class Simulation:
     def _summary(self, rows: Sequence[dict[str, Any]], graph: nx.Graph, wall: float
                  ) -> dict[str, Any]:
         last = rows[-1]
-        before = {i: self.learners[i].accuracy(self.x_test, self.y_test) for i in self.honest}
+        before = self.peer_accuracies(self.honest)
         summary: dict[str, Any] = {
             "seed": self.config.seed,
             "config": self.config.to_dict(),
@@ -466,7 +470,6 @@ class Simulation:
         if self.config.final_merge:
             components = self.final_merge(graph)
             summary["components"] = len(components)
-            summary["node_accuracy_after_merge"] = {
-                str(i): self.learners[i].accuracy(self.x_test, self.y_test)
-                for i in self.honest}
+            after = self.peer_accuracies(self.honest)
+            summary["node_accuracy_after_merge"] = {str(i): after[i] for i in self.honest}
         return summary

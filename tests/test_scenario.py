@@ -4,8 +4,8 @@ import networkx as nx
 import pytest
 import torch
 
-from mixing import neighbour_weights
 from sim import SimConfig, Simulation
+from sim.batched import BatchedSimulation
 from sim.cli import main, parse_args
 from sim.scenario import Event, in_disc, parse_event
 
@@ -117,15 +117,27 @@ def test_degree_selection_among_relays_takes_the_hubs_and_keeps_data_holders():
 
 
 def test_mixing_weights_renormalise_over_surviving_neighbours():
-    graph = nx.barabasi_albert_graph(15, 2, seed=1)
-    alive = set(graph) - {0, 1}
-    live = graph.subgraph(alive)
-    for i in alive:
-        neighbours = list(live.neighbors(i))
-        weights = neighbour_weights(live.degree[i], {j: live.degree[j] for j in neighbours})
-        assert all(w > 0 for w in weights.values())
-        own = 1 - sum(weights.values())
-        assert own >= 0 and own + sum(weights.values()) == pytest.approx(1.0)
+    """One gossip step after a crash is X <- W X with W zero on dead peers' columns, rows summing
+    to 1 and symmetric among the survivors (so their average is kept)."""
+    config = small(nodes=15, topology="barabasi-albert", attach=2)
+    sim = Simulation.from_config(config, events=[Event("crash", round=0, nodes=[0, 1])])
+    batched = BatchedSimulation.from_config(config, events=[Event("crash", round=0,
+                                                                  nodes=[0, 1])])
+    graph = sim.apply_events(0, sim.topology.graph_at(0))
+    batched.apply_events(0, batched.topology.graph_at(0))
+    for k in range(15):  # distinct vectors so that W is identifiable from one step
+        sim.learners[k].model.load(torch.randn(sim.model_size, generator=torch.Generator()
+                                               .manual_seed(k)))
+    before = torch.stack([lr.params.clone() for lr in sim.learners]).double()
+    sim.gossip_step(graph)
+    after = torch.stack([lr.params for lr in sim.learners]).double()
+    W = batched.mixing_matrix(graph).to_dense().double()
+    assert torch.allclose(after, W @ before, atol=1e-5)
+    assert torch.allclose(W.sum(dim=1), torch.ones(15, dtype=torch.float64))
+    alive = sorted(sim.alive)
+    assert torch.equal(W[:, [0, 1]][alive], torch.zeros(13, 2, dtype=torch.float64))
+    assert torch.allclose(W[alive][:, alive], W[alive][:, alive].T)
+    assert torch.allclose(after[alive].mean(0), before[alive].mean(0), atol=1e-5)
 
 
 def test_scenario_file_runs_and_the_same_seed_gives_the_same_metrics(tmp_path):
