@@ -35,14 +35,15 @@ class TrainConfig:
 
 def sgd_step(params: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Tensor, lr: float,
              momentum: float, weight_decay: float, dampening: float = 0.0) -> None:
-    """In place: d = g + wd x; buf = m buf + (1 - dampening) d; x -= lr buf.
+    """In place: d = g + wd x; buf = m buf + (1 - dampening) d; x -= lr buf. ``grad`` is used
+    as scratch space (it holds d afterwards): every caller recomputes it before the next step.
 
     With dampening 0 this is torch.optim.SGD (a zero buffer makes the first step identical to
     torch's lazily created one). ``dampening = momentum = beta`` is MoNNA's Polyak momentum
     m_t = beta m_{t-1} + (1 - beta) g_t from m_0 = 0 (Farhadkhani et al. 2023, spec 7.1); torch
     instead starts its buffer at g_1 undamped, so the two differ on the first step only.
     """
-    step = grad.add(params, alpha=weight_decay) if weight_decay else grad
+    step = grad.add_(params, alpha=weight_decay) if weight_decay else grad  # grad is scratch
     if momentum:
         momentum_buffer.mul_(momentum).add_(step, alpha=1.0 - dampening)
         step = momentum_buffer

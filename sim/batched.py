@@ -76,7 +76,7 @@ class BatchedSimulation(Simulation):
         offsets = [0]
         for x, _ in self._data:
             offsets.append(offsets[-1] + len(x))
-        self._offsets = offsets
+        self._offsets_tensor = torch.tensor(offsets[:-1], dtype=torch.int64)
         self._x_all = torch.cat([x for x, _ in self._data])
         self._y_all = torch.cat([y for _, y in self._data])
         self._w_cache: tuple | None = None
@@ -93,26 +93,48 @@ class BatchedSimulation(Simulation):
 
         return torch.func.vmap(one, in_dims=in_dims)(self._params_of(rows), x)
 
-    def _minibatches(self, peers: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Each peer's next minibatch from its own sampler, padded to the largest: (x, y,
-        mask) of shapes (m, B, F), (m, B), (m, B)."""
-        picks = [self.learners[i].trainer.sampler.next() + self._offsets[i] for i in peers]
-        width = max(len(p) for p in picks)
+    def _minibatches(self, peers: list[int]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Each peer's next minibatch from its own sampler: (x, y, mask) of shapes (m, B, F),
+        (m, B), (m, B). When shards are smaller than the batch size, batches are padded to the
+        largest and ``mask`` marks the real samples; otherwise ``mask`` is None."""
+        picks = [self.learners[i].trainer.sampler.next() for i in peers]
+        widths = {len(p) for p in picks}
+        offsets = self._offsets_tensor[peers]
+        if len(widths) == 1:
+            index = torch.stack(picks) + offsets[:, None]
+            return self._x_all[index], self._y_all[index], None
+        width = max(widths)
         index = torch.zeros(len(peers), width, dtype=torch.int64)
         mask = torch.zeros(len(peers), width)
         for k, p in enumerate(picks):
             index[k, :len(p)] = p
             mask[k, :len(p)] = 1.0
+        index += offsets[:, None]
         return self._x_all[index], self._y_all[index], mask
 
     def _gradients(self, rows: torch.Tensor, xb, yb, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-row gradient of each peer's mean minibatch loss, and the losses."""
+        """Per-row gradient of each peer's mean minibatch loss, and the losses. Gradients are
+        taken with respect to each parameter's (m, ...) view and written into one (m, D) matrix:
+        asking autograd for the gradient of ``rows`` itself would zero-fill and scatter the
+        whole matrix once per parameter tensor (a third of the backward time here)."""
         rows = rows.detach().requires_grad_(True)
-        logits = self._forward(rows, xb)
+        params = self._params_of(rows)
+
+        def one(p, x):
+            return torch.func.functional_call(self._module, p, (x,))
+
+        logits = torch.func.vmap(one)(params, xb)
         per_sample = F.cross_entropy(logits.flatten(0, 1), yb.flatten(),
-                                     reduction="none").view_as(mask)
-        losses = (per_sample * mask).sum(dim=1) / mask.sum(dim=1)
-        (grad,) = torch.autograd.grad(losses.sum(), rows)
+                                     reduction="none").view_as(yb)
+        if mask is None:
+            losses = per_sample.mean(dim=1)
+        else:
+            losses = (per_sample * mask).sum(dim=1) / mask.sum(dim=1)
+        grads = torch.autograd.grad(losses.sum(), list(params.values()))
+        grad = torch.empty_like(rows)
+        for s, g in zip(self._layout, grads, strict=True):
+            grad[:, s.start:s.stop] = g.reshape(len(rows), -1)
         return grad, losses.detach()
 
     def local_updates(self, round_index: int) -> dict[int, float]:
