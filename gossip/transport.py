@@ -47,10 +47,12 @@ class Transport(ABC):
 
 
 class InMemoryHub:
-    """The 'network' of in-memory transports in one process: id -> handler."""
+    """The 'network' of in-memory transports in one process: id -> handler. A simulator can
+    cut links: a send over a link in ``down_links`` fails as if the peer were unreachable."""
 
     def __init__(self):
         self.handlers: dict[int, Handler] = {}
+        self.down_links: set[frozenset[int]] = set()
 
     def transport(self, node_id: int) -> InMemoryTransport:
         return InMemoryTransport(self, node_id)
@@ -66,7 +68,7 @@ class InMemoryTransport(Transport):
     async def send(self, peer: int, body: bytes, timeout: float, retry: bool = True
                    ) -> int | None:
         handler = self.hub.handlers.get(peer)
-        if handler is None:
+        if handler is None or frozenset((self.node_id, peer)) in self.hub.down_links:
             return None
         try:
             status, _ = await asyncio.wait_for(handler(body), timeout)

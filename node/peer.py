@@ -106,7 +106,8 @@ class Peer:
     """Build from a PeerConfig; ``await run()`` trains, merges and returns the final summary."""
 
     def __init__(self, config: PeerConfig, transport: Transport | None = None,
-                 data: Dataset | None = None, log: JsonLog | None = None):
+                 data: Dataset | None = None, log: JsonLog | None = None,
+                 inline: bool = False, work_s: float = 0.0):
         self.config = cfg = config
         self.id = cfg.id
         self.algorithm = resolve_algorithm(cfg.algorithm.name, cfg.algorithm.local_steps,
@@ -148,6 +149,10 @@ class Peer:
         self._stop = False
         self._first_wait = True
         self._sends: set[asyncio.Task] = set()
+        # ``inline``: train on the event loop's thread, then let ``work_s`` of (simulated) time
+        # pass. The simulator's virtual clock needs it: work in a thread would take no simulated
+        # time at all. A real peer trains in a worker thread.
+        self.inline, self.work_s = inline, work_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"peer{cfg.id}")
         self._resume()
 
@@ -255,10 +260,14 @@ class Peer:
         if timeout is None:
             timeout = self.config.gossip.startup_timeout_s if self._first_wait \
                 else self.deadline.current()
-        start = time.monotonic()
+        start = self._now()
         while True:
             waiting = (expected - self.suspect) - set(self.inbox.get(key, {}))
-            left = start + timeout - time.monotonic()
+            # below a microsecond counts as expired: with a simulated clock, start + timeout - now
+            # can round to a tiny positive number that no timer can wait out
+            left = start + timeout - self._now()
+            if left < 1e-6:
+                left = 0.0
             if not waiting or left <= 0 or self._stop or \
                     (key[0] == "model" and self._lagging(key[1])):
                 break
@@ -267,7 +276,7 @@ class Peer:
                 await asyncio.wait_for(self._arrived.wait(), left)
             except asyncio.TimeoutError:
                 pass
-        elapsed = time.monotonic() - start
+        elapsed = self._now() - start
         self.wait_times.append(elapsed)
         if waiting and left <= 0:
             for peer in sorted(waiting):
@@ -313,7 +322,16 @@ class Peer:
             self.log.write("listening", url=self.transport.url)
 
     async def _in_thread(self, fn, *args):
+        if self.inline:
+            result = fn(*args)
+            await asyncio.sleep(self.work_s)
+            return result
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @staticmethod
+    def _now() -> float:
+        """The event loop's clock: time.monotonic() for a real peer, simulated time in sim."""
+        return asyncio.get_running_loop().time()
 
     async def run(self) -> dict[str, Any]:
         """Train the remaining rounds, merge, write the summary, close; returns the summary."""
@@ -338,7 +356,7 @@ class Peer:
 
     async def _round(self, t: int) -> None:
         cfg = self.config
-        began = time.monotonic()
+        began = self._now()
         self.state, self.position = "training", (t, 0)
         bytes_before = dict(self.traffic)
         self.last_loss = await self._in_thread(self.learner.local_update, t)
@@ -359,7 +377,7 @@ class Peer:
             bytes_in=self.traffic["bytes_in"] - bytes_before["bytes_in"],
             bytes_out=self.traffic["bytes_out"] - bytes_before["bytes_out"],
             heard=heard, suspect=sorted(self.suspect), deadline_s=round(self.deadline.current(), 3),
-            round_s=round(time.monotonic() - began, 4), rss_mb=round(rss_megabytes(), 1))
+            round_s=round(self._now() - began, 4), rss_mb=round(rss_megabytes(), 1))
 
     async def final_merge(self) -> dict[str, Any]:
         """Flood all models through the live component, then take their exact average.

@@ -220,5 +220,7 @@ class BatchedSimulation(Simulation):
 def build_simulation(config: SimConfig, observers: Iterable[Observer] = (),
                      events: Sequence[Event] = ()) -> Simulation:
     """The engine ``config.engine`` names, built from ``config``."""
-    engine = BatchedSimulation if config.engine == "batched" else Simulation
-    return engine.from_config(config, observers, events)
+    from sim.peers import PeerSimulation
+
+    engines = {"reference": Simulation, "batched": BatchedSimulation, "peers": PeerSimulation}
+    return engines[config.engine].from_config(config, observers, events)

@@ -27,7 +27,7 @@ _CHOICES = {
     "vc_target": VarianceCorrected.TARGETS,
     "history_mode": SybilWall.HISTORY_MODES,
     "init": INITS,
-    "engine": ("reference", "batched"),
+    "engine": ("reference", "batched", "peers"),
 }
 # key -> (lowest allowed value, whether the bound is exclusive)
 _LOWER_BOUNDS = {
@@ -197,8 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, help=f"seeds the split, init, graph, batches "
                    f"(default {d.seed})")
-    g.add_argument("--engine", help="reference (peer by peer, every mixing rule and event) or "
-                   "batched (all peers in one tensor; average mixing only) (default reference)")
+    g.add_argument("--engine", help="reference (synchronous rounds, every mixing rule, attack "
+                   "and event), batched (all peers in one tensor; average mixing only) or peers "
+                   "(the real peer protocol with deadlines and suspicion, on a simulated clock) "
+                   "(default reference)")
     g.add_argument("--eval-every", type=int, help=f"evaluate every N rounds "
                    f"(default {d.eval_every})")
     g.add_argument("--threads", type=int, help=f"torch CPU threads (default {d.threads})")
