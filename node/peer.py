@@ -166,6 +166,10 @@ class Peer:
         self.completed_rounds = int(state["round"])
         self.position = (self.completed_rounds, 0)
         self.traffic.update(state.get("traffic", {}))
+        # A resumed peer rejoins a running network: its neighbours are up or down, not starting,
+        # so its first waits are bounded by the deadline ceiling, not the startup timeout (a
+        # peer returning among dead neighbours would otherwise stall startup_timeout_s).
+        self._first_wait = False
         self.log.write("resumed", round=self.completed_rounds)
 
     def _checkpoint(self) -> None:

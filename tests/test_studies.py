@@ -16,6 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
     ("study_sybil.py", ["--rounds", "3", "--nodes", "12", "--phis", "1",
                         "--sybil-counts", "2"], "attack_success"),
     ("study_byzantine.py", ["--rounds", "5", "--nodes", "8"], "honest_acc"),
+    ("study_disaster.py", ["--rounds", "6", "--nodes", "20", "--disrupt-at", "3",
+                           "--fractions", "0.3"], "final_acc"),
+    ("study_churn.py", ["--rounds", "8", "--nodes", "20", "--fail-at", "3",
+                        "--return-at", "5"], "max_round_s_after"),
 ])
 def test_study_script_writes_its_section_plot_and_json_line(tmp_path, script, args, key):
     results = tmp_path / "results.md"
