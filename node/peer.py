@@ -204,16 +204,18 @@ class Peer:
             return self._reject(403, f"sender {sender} is not a neighbour of {self.id}")
         self.traffic["bytes_in"] += len(body)
         self.traffic["messages_in"] += 1
-        if sender in self.suspect:
-            self.suspect.discard(sender)
-            self.log.write("neighbour_back", neighbour=sender)
         if message.kind == "history":  # SybilWall's gossip: step carries the record's distance
             origin, vector = message.vectors[0]
             self.learner.accept_history(sender, origin, message.round, message.step, vector)
             return 200, "ok"
         self.neighbour_round[sender] = max(self.neighbour_round.get(sender, 0), message.round)
         if message.kind == "model" and (message.round, message.step) < self.position:
+            # a neighbour that is behind stays suspect: waiting for it again would cost every
+            # round a deadline until it catches up (found by scripts/study_churn.py)
             return 409, f"stale: ({message.round}, {message.step}) < {self.position}"
+        if sender in self.suspect:
+            self.suspect.discard(sender)
+            self.log.write("neighbour_back", neighbour=sender)
         self.inbox[(message.kind, message.round, message.step)][sender] = message
         self._arrived.set()
         return 200, "ok"

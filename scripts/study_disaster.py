@@ -65,7 +65,7 @@ def plot(results: dict, fractions: list[float], baseline: list[float], path: Pat
                     label=f"remove {among}, {select}")
         if key == "final":
             ax.axhline(np.mean(baseline), color="grey", ls=":", label="no disruption")
-        ax.set(xlabel="peers removed (%)", title=title)
+        ax.set(xlabel="share of the group removed (%)", title=title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
