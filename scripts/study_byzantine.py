@@ -11,7 +11,6 @@ a plot, writes the ``study_byzantine`` section of docs/results.md, ends with one
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from sim import SimConfig, format_table, write_results_section
-from sim.study import SeedRunner, markdown_table, mean_std
+from sim.study import SeedRunner, markdown_table, mean_std, study_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {  # label -> settings
@@ -60,15 +59,10 @@ def plot(curves: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=3)
+    p = study_parser(__doc__, ROOT)
     p.add_argument("--rounds", type=int, default=60)
     p.add_argument("--nodes", type=int, default=16)
     p.add_argument("--adversaries", type=int, default=2)
-    p.add_argument("--out", default=str(ROOT / "docs" / "figures"))
-    p.add_argument("--results", default=str(ROOT / "docs" / "results.md"))
-    p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     runner = SeedRunner(args.seeds, args.quiet)

@@ -12,7 +12,6 @@ draws a plot, writes the ``study_churn`` section of docs/results.md, ends with o
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ from sim import Recorder, SimConfig, format_table, write_results_section
 from sim.launcher import LaunchSettings
 from sim.peers import PeerSimulation
 from sim.scenario import Event
-from sim.study import markdown_table
+from sim.study import markdown_table, study_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,16 +92,11 @@ def plot(runs: list[dict], args, ceiling: float, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=3)
+    p = study_parser(__doc__, ROOT)
     p.add_argument("--nodes", type=int, default=100)
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--fail-at", type=int, default=50)
     p.add_argument("--return-at", type=int, default=70)
-    p.add_argument("--out", default=str(ROOT / "docs" / "figures"))
-    p.add_argument("--results", default=str(ROOT / "docs" / "results.md"))
-    p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     settings = LaunchSettings()

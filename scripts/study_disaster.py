@@ -12,7 +12,6 @@ with one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ import torch
 from sim import Recorder, SimConfig, format_table, write_results_section
 from sim.batched import build_simulation
 from sim.scenario import Event
-from sim.study import markdown_table
+from sim.study import markdown_table, study_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [("data", "random"), ("relays", "random"), ("data", "degree"), ("relays", "degree")]
@@ -74,17 +73,12 @@ def plot(results: dict, fractions: list[float], baseline: list[float], path: Pat
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=3)
+    p = study_parser(__doc__, ROOT)
     p.add_argument("--nodes", type=int, default=60)
     p.add_argument("--rounds", type=int, default=60)
     p.add_argument("--disrupt-at", type=int, default=20)
     p.add_argument("--fractions", default="0.1,0.3,0.5")
     p.add_argument("--engine", default="batched", help="batched or reference")
-    p.add_argument("--out", default=str(ROOT / "docs" / "figures"))
-    p.add_argument("--results", default=str(ROOT / "docs" / "results.md"))
-    p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     fractions = [float(v) for v in args.fractions.split(",")]

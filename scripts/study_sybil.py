@@ -11,7 +11,6 @@ honest clean accuracy and attack success rate (mean +- std over seeds), draws a 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,7 +22,7 @@ import torch
 
 from node import Attack
 from sim import SimConfig, format_table, write_results_section
-from sim.study import SeedRunner, markdown_table, mean_std
+from sim.study import SeedRunner, markdown_table, mean_std, study_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ("average", "foolsgold", "sybilwall", "median", "krum")
@@ -96,18 +95,13 @@ def plot(phi_results, count_results, baseline, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=3)
+    p = study_parser(__doc__, ROOT)
     p.add_argument("--rounds", type=int, default=50)
     p.add_argument("--nodes", type=int, default=30, help="honest peers")
     p.add_argument("--radius", type=float, default=0.3)
     p.add_argument("--alpha", type=float, default=0.1)
     p.add_argument("--phis", default="0.5,1,2")
     p.add_argument("--sybil-counts", default="1,2,4,8,15")
-    p.add_argument("--out", default=str(ROOT / "docs" / "figures"))
-    p.add_argument("--results", default=str(ROOT / "docs" / "results.md"))
-    p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     runner = SeedRunner(args.seeds, args.quiet)

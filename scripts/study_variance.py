@@ -12,7 +12,6 @@ accuracy, the final accuracy, and the per-layer weight variance trace; writes a 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from sim import SimConfig, format_table, write_results_section
-from sim.study import SeedRunner, markdown_table, mean_std
+from sim.study import SeedRunner, markdown_table, mean_std, study_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {  # label -> (init, mixing)
@@ -93,16 +92,11 @@ def plot(results: dict[str, list], target: float, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=3)
+    p = study_parser(__doc__, ROOT)
     p.add_argument("--rounds", type=int, default=150)
     p.add_argument("--nodes", type=int, default=32)
     p.add_argument("--target", type=float, default=0.85, help="accuracy for rounds-to-target")
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--out", default=str(ROOT / "docs" / "figures"))
-    p.add_argument("--results", default=str(ROOT / "docs" / "results.md"))
-    p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     runner = SeedRunner(args.seeds, args.quiet)

@@ -46,7 +46,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from node.config import ConfigError, read_toml
+from node.config import ConfigError, read_toml, typed_value
 from node.seeding import derive_seed
 
 EVENT_KINDS = ("crash", "leave", "rejoin", "link-failure", "regional-outage", "battery",
@@ -128,23 +128,15 @@ def parse_event(index: int, raw: Any, base: Path | None = None) -> Event:
 
 
 def _checked(where: str, key: str, value: Any) -> Any:
+    """``value`` checked against the Event field's type (lists element by element)."""
     kind = str(_EVENT_TYPES[key])
-    if kind.startswith("list[int]"):
-        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
-                                             for v in value)
-    elif kind.startswith("list[float]"):
-        ok = isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)
-        value = [float(v) for v in value] if ok else value
-    elif kind.startswith("int"):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind.startswith("float"):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise ConfigError(f"{where}: key '{key}' must be {kind.split(' ')[0]}, got {value!r}")
-    return value
+    label = f"{where}: key '{key}'"
+    if kind.startswith("list["):
+        if not isinstance(value, list):
+            raise ConfigError(f"{label} must be {kind.split(' ')[0]}, got {value!r}")
+        inner = kind[len("list["):kind.index("]")]
+        return [typed_value(label, v, inner) for v in value]
+    return typed_value(label, value, kind)
 
 
 def _check_ranges(where: str, e: Event) -> None:

@@ -3,10 +3,12 @@ write a markdown table. The scripts in ``scripts/study_*.py`` stay thin entry po
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,19 @@ import numpy as np
 from sim.config import SimConfig
 from sim.engine import Observer, Simulation
 from sim.report import Recorder
+
+
+def study_parser(doc: str | None, root: Path, seeds: int = 3) -> argparse.ArgumentParser:
+    """A parser with what every study takes: --seeds, --out (figures), --results (the markdown
+    file whose section it rewrites) and --quiet; the script adds its own options."""
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, default=seeds, help="seeds 0..N-1")
+    p.add_argument("--out", default=str(root / "docs" / "figures"), help="folder for the plot")
+    p.add_argument("--results", default=str(root / "docs" / "results.md"),
+                   help="markdown file whose section this study rewrites")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
 
 
 class SeedRunner:
