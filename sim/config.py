@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.config import ConfigError, read_toml, typed_value
+from node.config import ConfigError, MixingSection, read_toml, typed_value
 
 
 @dataclass
@@ -71,6 +71,14 @@ class SimConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def mixing_section(self) -> MixingSection:
+        """The peer config's [mixing] table for these settings (the launcher writes it; the
+        engine takes its ``options()`` for ``mixing.make_rule``)."""
+        return MixingSection(name=self.mixing, byzantine_f=self.byzantine_f,
+                             clip_radius=self.clip_radius, vc_own_weight=self.vc_own_weight,
+                             vc_target=self.vc_target, history_mode=self.history_mode,
+                             history_decay=self.history_decay, init=self.init)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(SimConfig)}

@@ -89,13 +89,6 @@ def build_topology(config: SimConfig) -> Topology:
     return topology
 
 
-def mixing_options(config: SimConfig) -> dict[str, Any]:
-    """The options of ``mixing.make_rule`` that the config sets."""
-    return {"f": config.byzantine_f, "radius": config.clip_radius,
-            "own_weight": config.vc_own_weight, "target": config.vc_target,
-            "history_mode": config.history_mode, "decay": config.history_decay}
-
-
 def choose_data_holders(count: int, fraction: float, seed: int) -> list[int]:
     """The peers that hold data (sorted): all, or ``round(fraction * count)`` (at least one)
     drawn with the seed; the others only relay (spec 6.2)."""
@@ -163,7 +156,8 @@ class Simulation:
                             batch_size=config.batch_size)
         learners = [make_learner(i, data, idx, config.model, train, algorithm, config.seed,
                                  hidden=config.hidden, mixing=config.mixing,
-                                 mixing_options=mixing_options(config), init=config.init,
+                                 mixing_options=config.mixing_section().options(),
+                                 init=config.init,
                                  attack=attack if i in adversaries else None)
                     for i, idx in enumerate(parts)]
         timeline = Timeline(list(events), derive_seed(config.seed, "events")) if events else None

@@ -27,7 +27,6 @@ from node.config import (
     AttackSection,
     DataSection,
     GossipSection,
-    MixingSection,
     ModelSection,
     PeerConfig,
     dump_peer_config,
@@ -84,10 +83,7 @@ def peer_configs(s: LaunchSettings, addresses: list[tuple[str, int]], run_dir: P
     graph = topo.graph_at(0)
     adversaries = choose_adversaries(s.nodes, s.adversaries, derive_seed(s.seed, "adversaries")) \
         if s.attack else []
-    mixing = MixingSection(name=s.mixing, byzantine_f=s.byzantine_f, clip_radius=s.clip_radius,
-                           vc_own_weight=s.vc_own_weight, vc_target=s.vc_target,
-                           history_mode=s.history_mode, history_decay=s.history_decay,
-                           init=s.init)
+    mixing = s.mixing_section()
     configs = []
     for i in range(s.nodes):
         host, port = addresses[i]
