@@ -1,7 +1,10 @@
-"""Many peers in one process on a NetworkX graph: the reference engine and its command line."""
+"""Many peers in one process on a NetworkX graph: three engines (reference, batched, peers),
+scenario timelines, observers and the command line."""
 
+from sim.batched import BatchedSimulation, build_simulation
 from sim.config import ConfigError, SimConfig, build_config, load_toml
 from sim.engine import Observer, Simulation, build_topology
+from sim.peers import PeerSimulation
 from sim.report import (
     MetricsWriter,
     ProgressBar,
@@ -10,10 +13,11 @@ from sim.report import (
     summary_table,
     write_results_section,
 )
+from sim.scenario import EVENT_KINDS, Event, load_scenario
 
 __all__ = [
-    "ConfigError", "MetricsWriter", "Observer", "ProgressBar", "Recorder", "SimConfig",
-    "Simulation",
-    "build_config", "build_topology", "format_table", "load_toml", "summary_table",
-    "write_results_section",
+    "EVENT_KINDS", "BatchedSimulation", "ConfigError", "Event", "MetricsWriter", "Observer",
+    "PeerSimulation", "ProgressBar", "Recorder", "SimConfig", "Simulation", "build_config",
+    "build_simulation", "build_topology", "format_table", "load_scenario", "load_toml",
+    "summary_table", "write_results_section",
 ]
