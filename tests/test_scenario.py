@@ -199,3 +199,15 @@ def test_bad_scenario_file_is_reported_by_the_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--scenario", str(scenario)])
     assert "events[0] (crash): key 'fraction'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["disaster.toml", "outage.toml"])
+def test_the_shipped_scenarios_run(name, tmp_path):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / name
+    assert main(["--scenario", str(path), "--rounds", "22", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    assert len(rows) == 22 and rows[-1]["alive"] < rows[0]["alive"]
+    assert list(tmp_path.glob("graph_round*.png"))
