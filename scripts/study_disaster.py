@@ -24,7 +24,7 @@ import torch
 from sim import Recorder, SimConfig, format_table, write_results_section
 from sim.batched import build_simulation
 from sim.scenario import Event
-from sim.study import markdown_table, study_parser
+from sim.study import markdown_table, mean_std, study_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [("data", "random"), ("relays", "random"), ("data", "degree"), ("relays", "degree")]
@@ -34,13 +34,6 @@ def run(config: SimConfig, events: list[Event]) -> list[dict]:
     recorder = Recorder()
     build_simulation(config, [recorder], events).run()
     return recorder.rows
-
-
-def fmt(values: list, digits: int = 3) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    return f"{np.mean(values):.{digits}f} +- {np.std(values):.{digits}f}"
 
 
 def plot(results: dict, fractions: list[float], baseline: list[float], path: Path) -> None:
@@ -113,15 +106,15 @@ def main(argv=None) -> int:
                       f"{np.mean(found['largest']):.1f}", file=sys.stderr, flush=True)
     header = ["removed (of group)", "group", "by", "survivors acc", "largest comp", "components",
               "acc in largest", "acc outside", "isolated", "isolated acc"]
-    rows = [[f"{f:.0%}", among, select, fmt(r["final"]), fmt(r["largest"], 1),
-             fmt(r["components"], 1), fmt(r["largest_acc"]), fmt(r["outside_acc"]),
-             fmt(r["isolated"], 1), fmt(r["isolated_acc"])]
+    rows = [[f"{f:.0%}", among, select, mean_std(r["final"]), mean_std(r["largest"], 1),
+             mean_std(r["components"], 1), mean_std(r["largest_acc"]), mean_std(r["outside_acc"]),
+             mean_std(r["isolated"], 1), mean_std(r["isolated_acc"])]
             for (among, select, f), r in sorted(results.items(), key=lambda kv: (kv[0][2],
                                                                                   kv[0][1],
                                                                                   kv[0][0]))]
     print(format_table(header, rows))
-    print(f"\nno disruption: {fmt(baseline)}; mean accuracy at round {args.disrupt_at}: "
-          f"{fmt(before)}")
+    print(f"\nno disruption: {mean_std(baseline)}; mean accuracy at round {args.disrupt_at}: "
+          f"{mean_std(before)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     figure = out / "study_disaster.png"
@@ -136,8 +129,8 @@ def main(argv=None) -> int:
         "of the relays (each group is half the peers, so 50% of a group is 25% of all peers), "
         "chosen at random or by degree. Final figures at the last round, "
         f"mean +- std over seeds 0..{args.seeds - 1} ('-': no such peers in any seed). "
-        f"Without disruption: {fmt(baseline)}; mean accuracy at round {args.disrupt_at}: "
-        f"{fmt(before)}.\n\n"
+        f"Without disruption: {mean_std(baseline)}; mean accuracy at round {args.disrupt_at}: "
+        f"{mean_std(before)}.\n\n"
         f"{markdown_table(header, rows)}\n\n"
         f"![survivors' accuracy, largest component, isolated peers]"
         f"({os.path.relpath(figure, Path(args.results).parent)})\n"

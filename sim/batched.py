@@ -87,11 +87,13 @@ class BatchedSimulation(Simulation):
         return {s.name: rows[:, s.start:s.stop].view(len(rows), *s.shape)
                 for s in self._layout}
 
-    def _forward(self, rows: torch.Tensor, x: torch.Tensor, in_dims=(0, 0)) -> torch.Tensor:
-        def one(params, xb):
-            return torch.func.functional_call(self._module, params, (xb,))
+    def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, in_dims=(0, 0)
+                 ) -> torch.Tensor:
+        """Every peer's model on its own input (``in_dims=(0, None)``: all on the same input)."""
+        def one(p, xb):
+            return torch.func.functional_call(self._module, p, (xb,))
 
-        return torch.func.vmap(one, in_dims=in_dims)(self._params_of(rows), x)
+        return torch.func.vmap(one, in_dims=in_dims)(params, x)
 
     def _minibatches(self, peers: list[int]
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -120,11 +122,7 @@ class BatchedSimulation(Simulation):
         whole matrix once per parameter tensor (a third of the backward time here)."""
         rows = rows.detach().requires_grad_(True)
         params = self._params_of(rows)
-
-        def one(p, x):
-            return torch.func.functional_call(self._module, p, (x,))
-
-        logits = torch.func.vmap(one)(params, xb)
+        logits = self._forward(params, xb)
         per_sample = F.cross_entropy(logits.flatten(0, 1), yb.flatten(),
                                      reduction="none").view_as(yb)
         if mask is None:
@@ -172,9 +170,10 @@ class BatchedSimulation(Simulation):
         """Sparse W over all n rows: Metropolis weights 1/(1+max(d_i, d_j)) (degrees of this
         round's graph, as the peers know them) on edges between alive peers, the rest of each
         row on its diagonal; rows of down peers are the identity."""
-        key = (id(graph), frozenset(self.alive))
-        if self._w_cache is not None and self._w_cache[0] == key:
-            return self._w_cache[1]
+        # the cache holds the graph itself (an id() alone could be reused by a later graph)
+        if self._w_cache is not None and self._w_cache[0] is graph and \
+                self._w_cache[1] == self.alive:
+            return self._w_cache[2]
         n = len(self.learners)
         rows, cols, vals = [], [], []
         self_weight = [1.0] * n
@@ -191,7 +190,7 @@ class BatchedSimulation(Simulation):
         vals += self_weight
         W = torch.sparse_coo_tensor([rows, cols], vals, (n, n), dtype=self.X.dtype,
                                     check_invariants=True).coalesce()
-        self._w_cache = (key, W)
+        self._w_cache = (graph, frozenset(self.alive), W)
         return W
 
     def gossip_step(self, graph: nx.Graph, round_index: int = 0) -> None:
@@ -211,7 +210,8 @@ class BatchedSimulation(Simulation):
         out: dict[int, float] = {}
         for start in range(0, len(peers), EVAL_CHUNK):
             chunk = list(peers[start:start + EVAL_CHUNK])
-            logits = self._forward(self.X[torch.tensor(chunk)], self.x_test, in_dims=(0, None))
+            logits = self._forward(self._params_of(self.X[torch.tensor(chunk)]), self.x_test,
+                                   in_dims=(0, None))
             correct = (logits.argmax(dim=2) == self.y_test).float().mean(dim=1)
             out.update(zip(chunk, correct.tolist(), strict=True))
         return out

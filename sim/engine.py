@@ -29,6 +29,7 @@ from gossip import encoded_size
 from mixing import component_average, consensus_distance
 from node import (
     Attack,
+    Dataset,
     Learner,
     TrainConfig,
     accuracy,
@@ -133,7 +134,9 @@ class Simulation:
     timeline: Timeline | None = None
     data_holders: set[int] = field(default_factory=set)
     snapshots: list[dict[str, Any]] = field(default_factory=list)
+    dataset: Dataset | None = None
     _outages: dict[int, list[int]] = field(default_factory=dict)
+    _round_graph: nx.Graph | None = None  # the previous round's graph, for the pictures
 
     @classmethod
     def from_config(cls, config: SimConfig, observers: Iterable[Observer] = (),
@@ -163,7 +166,7 @@ class Simulation:
         timeline = Timeline(list(events), derive_seed(config.seed, "events")) if events else None
         return cls(config, topology, learners, data.x_test, data.y_test, list(observers),
                    alive=set(owner), owner=owner, attack=attack, timeline=timeline,
-                   data_holders=set(holders))
+                   data_holders=set(holders), dataset=data)
 
     @property
     def algorithm(self):
@@ -236,15 +239,20 @@ class Simulation:
         vectors = {i: self.learners[i].params for i in self.honest}
         return components, component_average(vectors, components)
 
-    def merged_accuracy(self, graph: nx.Graph) -> float:
-        """Accuracy of the per-component merged models, weighted by component size."""
+    def component_accuracies(self, graph: nx.Graph) -> tuple[list[list[int]], list[float]]:
+        """The components of alive honest peers and the accuracy of each one's merged model."""
         components, merged = self.merged_models(graph)
         model = self.learners[0].model
-        total = 0.0
-        for component in components:
-            total += len(component) * accuracy(model, self.x_test, self.y_test,
-                                               merged[component[0]])
-        return total / max(1, sum(len(c) for c in components))
+        return components, [accuracy(model, self.x_test, self.y_test, merged[c[0]])
+                            for c in components]
+
+    def merged_accuracy(self, graph: nx.Graph,
+                        components: tuple[list[list[int]], list[float]] | None = None) -> float:
+        """Accuracy of the per-component merged models, weighted by component size
+        (``components``: what :meth:`component_accuracies` already returned)."""
+        groups, accs = components or self.component_accuracies(graph)
+        total = sum(len(c) * a for c, a in zip(groups, accs, strict=True))
+        return total / max(1, sum(len(c) for c in groups))
 
     def attack_success(self) -> float:
         """Mean attack success rate over honest peers (``node.attacks.Attack.success``)."""
@@ -252,29 +260,28 @@ class Simulation:
         return float(np.mean([self.attack.success(self.learners[i].model, self.x_test,
                                                   self.y_test) for i in self.honest]))
 
-    def component_metrics(self, graph: nx.Graph, accs: dict[int, float]) -> dict[str, Any]:
-        """Connectivity after disruptions (spec 6.2): components of the alive honest peers on
-        this round's graph, accuracy inside and outside the largest, of each component's merged
-        model, and of isolated peers (no live neighbour)."""
-        components, merged = self.merged_models(graph)
-        largest = components[0] if components else []
-        outside = [i for c in components[1:] for i in c]
-        isolated = [c[0] for c in components if len(c) == 1]
-        model = self.learners[0].model
+    def component_metrics(self, components: tuple[list[list[int]], list[float]],
+                          accs: dict[int, float]) -> dict[str, Any]:
+        """Connectivity after disruptions (spec 6.2), from :meth:`component_accuracies` and the
+        peers' accuracies: components of the alive honest peers on this round's graph, accuracy
+        inside and outside the largest, of each component's merged model, and of isolated peers
+        (no live neighbour)."""
+        groups, merged_accs = components
+        largest = groups[0] if groups else []
+        outside = [i for c in groups[1:] for i in c]
+        isolated = [c[0] for c in groups if len(c) == 1]
 
         def mean_of(ids):
             return float(np.mean([accs[i] for i in ids])) if ids else None
 
         return {
-            "components": len(components),
+            "components": len(groups),
             "largest_component": len(largest),
             "acc_largest": mean_of(largest),
             "acc_outside": mean_of(outside),
             "isolated": len(isolated),
             "acc_isolated": mean_of(isolated),
-            "merged_acc_components": [
-                round(accuracy(model, self.x_test, self.y_test, merged[c[0]]), 4)
-                for c in components],
+            "merged_acc_components": [round(a, 4) for a in merged_accs],
         }
 
     def peer_accuracies(self, peers: Sequence[int]) -> dict[int, float]:
@@ -287,20 +294,21 @@ class Simulation:
         accs = self.peer_accuracies(alive)
         values = list(accs.values())
         trained = [losses[i] for i in alive if i in losses and not np.isnan(losses[i])]
+        components = self.component_accuracies(graph)
         row = {
             "round": round_index,
             "mean_acc": float(np.mean(values)),
             "min_acc": float(np.min(values)),
             "max_acc": float(np.max(values)),
             "consensus_distance": consensus_distance([self.learners[i].params for i in alive]),
-            "merged_acc": self.merged_accuracy(graph),
+            "merged_acc": self.merged_accuracy(graph, components),
             "train_loss": float(np.mean(trained)) if trained else None,
             "alive": len(alive),
             "messages": self.traffic.messages,
             "bytes_sent": self.traffic.bytes_sent,
         }
         if self.timeline is not None:
-            row.update(self.component_metrics(graph, accs))
+            row.update(self.component_metrics(components, accs))
         if self.attack is not None:
             row["attack_success"] = self.attack_success()
         return row
@@ -361,7 +369,7 @@ class Simulation:
                 learner.trainer.momentum_buffer.zero_()
             self.alive.add(v)
 
-    def _start(self, index: int, e: Event, base: nx.Graph, graph: nx.Graph, t: int) -> None:
+    def _start_event(self, index: int, e: Event, base: nx.Graph, graph: nx.Graph) -> None:
         tl = self.timeline
         roles = {"all": self.alive, "data": self.alive & self.data_holders,
                  "relays": self.alive - self.data_holders}
@@ -399,11 +407,13 @@ class Simulation:
         rounds are recorded in ``snapshots`` (graph and alive set before and after) for the
         pictures drawn after the run."""
         tl = self.timeline
-        before_alive, before_graph = set(self.alive), tl.graph_at(base, max(t - 1, 0))
+        before_alive = set(self.alive)
+        before_graph = self._round_graph if self._round_graph is not None else \
+            tl.graph_at(base, 0)
         labels = []
         for index, e in enumerate(tl.events):
             if e.round == t:
-                self._start(index, e, base, before_graph, t)
+                self._start_event(index, e, base, before_graph)
                 labels.append(e.label)
             if e.until == t and e.kind == "regional-outage":
                 self.bring_back(self._outages.pop(index, []), base)
@@ -423,7 +433,7 @@ class Simulation:
                 self.bring_back([v], base)
             else:
                 self.take_down([v])
-        graph = tl.graph_at(base, t)
+        graph = self._round_graph = tl.graph_at(base, t)
         if labels:
             self.snapshots.append({"round": t, "events": labels, "before": before_graph,
                                    "alive_before": before_alive, "after": graph,

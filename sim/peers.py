@@ -79,7 +79,7 @@ class PeerSimulation(Simulation):
     # -- peers ---------------------------------------------------------------------------------
 
     def _spawn(self, i: int) -> None:
-        peer = Peer(self._configs[i], transport=self.hub.transport(i), data=self._data,
+        peer = Peer(self._configs[i], transport=self.hub.transport(i), data=self.dataset,
                     log=JsonLog(i, stream=self._logs[i]), inline=True, work_s=self.work_s)
         self.peers[i] = peer
         self.learners[i] = peer.learner
@@ -121,7 +121,6 @@ class PeerSimulation(Simulation):
     async def _run(self) -> dict[str, Any]:
         cfg = self.config
         self.hub = InMemoryHub()
-        self._data = self._dataset()
         self._pending: list[int] = []
         start = time.perf_counter()
         for obs in self.observers:
@@ -158,22 +157,16 @@ class PeerSimulation(Simulation):
             obs.on_end(summary)
         return summary
 
-    def _dataset(self):
-        from node import load_dataset
-
-        cfg = self.config
-        return load_dataset(cfg.dataset, cfg.nodes, cfg.seed, cfg.synthetic_alpha,
-                            cfg.synthetic_beta, cfg.test_fraction)
-
     def _snapshot_row(self, t: int, graph: nx.Graph) -> dict[str, Any]:
         """Merged and component figures from the models as they are when round t is done
         everywhere (a fast peer may be into the next round)."""
-        extra = {"merged_acc": self.merged_accuracy(graph),
+        components = self.component_accuracies(graph)
+        extra = {"merged_acc": self.merged_accuracy(graph, components),
                  "consensus_distance": consensus_distance(
                      [self.learners[i].params for i in self.honest]),
                  "simulated_s": round(asyncio.get_running_loop().time(), 4)}
         if self.timeline is not None:
-            extra.update(self.component_metrics(graph, self.peer_accuracies(self.honest)))
+            extra.update(self.component_metrics(components, self.peer_accuracies(self.honest)))
         return extra
 
     def _rows(self, snapshots: dict, start: float) -> list[dict[str, Any]]:

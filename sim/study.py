@@ -61,9 +61,13 @@ class SeedRunner:
         return out
 
 
-def mean_std(values: Sequence[float], digits: int = 3) -> str:
-    """``m +- s`` over seeds (population std, as in docs/results.md)."""
-    return f"{np.mean(values):.{digits}f} +- {np.std(values):.{digits}f}"
+def mean_std(values: Sequence[float | None], digits: int = 3) -> str:
+    """``m +- s`` over seeds (population std, as in docs/results.md); None values (a figure a
+    seed did not have) are left out, and ``-`` stands for none at all."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return "-"
+    return f"{np.mean(present):.{digits}f} +- {np.std(present):.{digits}f}"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
