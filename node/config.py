@@ -14,11 +14,11 @@ from typing import Any
 
 from gossip import CODECS
 from mixing import MIXING_NAMES, SybilWall, VarianceCorrected
-from node.algorithms import ALGORITHM_NAMES
-from node.attacks import ATTACKS
-from node.data import DATASETS, PARTITIONS
-from node.learner import INITS
-from node.model import MODELS
+from node.learning.algorithms import ALGORITHM_NAMES
+from node.learning.attacks import ATTACKS
+from node.learning.data import DATASETS, PARTITIONS
+from node.learning.learner import INITS
+from node.learning.model import MODELS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -89,7 +89,7 @@ class MixingSection:
 
 @dataclass
 class AttackSection:
-    """Makes this peer an adversary (``node.attacks``); ``kind = "none"`` is an honest peer."""
+    """Makes this peer an adversary (``node.learning.attacks``); ``kind = "none"``: honest."""
 
     kind: str = "none"
     scale: float | None = None

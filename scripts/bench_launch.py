@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 from gossip import InMemoryHub
-from node import load_digits
+from node.launcher import LaunchSettings, launch, peer_configs
+from node.learning import load_digits
 from node.peer import JsonLog, Peer, rss_megabytes
 from sim import format_table
-from sim.launcher import LaunchSettings, launch, peer_configs
 
 
 def settings(n: int, rounds: int, out: str) -> LaunchSettings:

@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from node import build_model
+from node.learning import build_model
 from sim import SimConfig, Simulation, format_table
 from sim.batched import BatchedSimulation
 

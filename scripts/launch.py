@@ -14,9 +14,9 @@ import json
 import sys
 from dataclasses import fields
 
+from node.launcher import LaunchSettings, emit_configs, launch, summary_table
 from sim.cli import validate
 from sim.config import ConfigError
-from sim.launcher import LaunchSettings, emit_configs, launch, summary_table
 
 
 def build_parser() -> argparse.ArgumentParser:

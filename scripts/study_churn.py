@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from node import derive_seed
+from node.launcher import LaunchSettings
+from node.learning import derive_seed
 from sim import Recorder, SimConfig, format_table, write_results_section
-from sim.launcher import LaunchSettings
 from sim.peers import PeerSimulation
 from sim.scenario import Event
 from sim.study import markdown_table, study_parser

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from node import Attack
+from node.learning import Attack
 from sim import SimConfig, format_table, write_results_section
 from sim.study import SeedRunner, markdown_table, mean_std, study_parser
 

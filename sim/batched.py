@@ -9,7 +9,7 @@ are replaced:
   minibatch (the same random streams as the reference engine), the minibatches are padded into
   one (n, B, features) tensor, ``torch.func.functional_call`` under ``torch.func.vmap`` runs every
   peer's model on its own minibatch, one backward pass fills every peer's gradient row, and
-  ``node.training.sgd_step`` (the reference's optimizer, elementwise) updates all rows;
+  ``node.learning.training.sgd_step`` (the reference's optimizer, elementwise) updates all rows;
 * gossip as one sparse matrix product ``X <- W X`` per gossip step, where W holds the Metropolis
   weights of the round's graph restricted to the alive peers (rows sum to 1; a down peer's row is
   the identity), Q times per round.
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from gossip import encoded_size
-from node.training import sgd_step
+from node.learning.training import sgd_step
 from sim.config import SimConfig
 from sim.engine import Observer, Simulation
 from sim.scenario import Event
@@ -136,7 +136,7 @@ class BatchedSimulation(Simulation):
         return grad, losses.detach()
 
     def local_updates(self, round_index: int) -> dict[int, float]:
-        """K SGD/SAM steps for every alive data holder at once (spec 2.1 / node.training)."""
+        """K SGD/SAM steps for every alive data holder at once (spec 2.1, node.learning)."""
         peers = sorted(i for i in self.alive if self.learners[i].trainer.sampler is not None)
         losses = {i: float("nan") for i in self.alive if i not in peers}
         if not peers:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from mixing import MIXING_NAMES, SybilWall, VarianceCorrected
-from node import ALGORITHM_NAMES, ATTACKS, DATASETS, INITS, MODELS, PARTITIONS
+from node.learning import ALGORITHM_NAMES, ATTACKS, DATASETS, INITS, MODELS, PARTITIONS
 from sim.batched import build_simulation
 from sim.config import FIELDS, ConfigError, SimConfig, build_config, load_toml
 from sim.report import MetricsWriter, ProgressBar, summary_table

@@ -47,7 +47,7 @@ class SimConfig:
     history_mode: str = "latest"
     history_decay: float = 0.8
     init: str = "shared"
-    # attack (node.attacks)
+    # attack (node.learning.attacks)
     attack: str | None = None
     adversaries: int = 0
     sybils: int | None = None

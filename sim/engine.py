@@ -27,7 +27,7 @@ import torch
 
 from gossip import encoded_size
 from mixing import component_average, consensus_distance
-from node import (
+from node.learning import (
     Attack,
     Dataset,
     Learner,
@@ -255,7 +255,7 @@ class Simulation:
         return total / max(1, sum(len(c) for c in groups))
 
     def attack_success(self) -> float:
-        """Mean attack success rate over honest peers (``node.attacks.Attack.success``)."""
+        """Mean attack success rate over honest peers (``node.learning.attacks.Attack.success``)."""
         assert self.attack is not None
         return float(np.mean([self.attack.success(self.learners[i].model, self.x_test,
                                                   self.y_test) for i in self.honest]))

@@ -34,11 +34,11 @@ import numpy as np
 
 from gossip import InMemoryHub
 from mixing import consensus_distance
+from node.launcher import LaunchSettings, peer_configs
 from node.peer import JsonLog, Peer
 from sim.clock import run_simulated
 from sim.config import SimConfig
 from sim.engine import Observer, Simulation
-from sim.launcher import LaunchSettings, peer_configs
 from sim.scenario import Event
 
 POLL_S = 0.001  # simulated seconds between the controller's looks at the peers

@@ -47,7 +47,7 @@ import networkx as nx
 import numpy as np
 
 from node.config import ConfigError, read_toml, typed_value
-from node.seeding import derive_seed
+from node.learning.seeding import derive_seed
 
 EVENT_KINDS = ("crash", "leave", "rejoin", "link-failure", "regional-outage", "battery",
                "partition", "trace")

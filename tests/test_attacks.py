@@ -9,9 +9,6 @@ import torch
 import topology as T
 from gossip import InMemoryHub
 from mixing import ClippedGossip, SybilWall
-from node import Attack, choose_adversaries, derive_seed, load_digits, make_learner, sgd_step
-from node.algorithms import resolve_algorithm
-from node.attacks import TARGET, add_trigger, trigger_features
 from node.config import (
     AlgorithmSection,
     AttackSection,
@@ -22,11 +19,21 @@ from node.config import (
     PeerConfigError,
     parse_peer_config,
 )
+from node.launcher import LaunchSettings, peer_configs
+from node.learning import (
+    Attack,
+    choose_adversaries,
+    derive_seed,
+    load_digits,
+    make_learner,
+    sgd_step,
+)
+from node.learning.algorithms import resolve_algorithm
+from node.learning.attacks import TARGET, add_trigger, trigger_features
+from node.learning.training import TrainConfig
 from node.peer import JsonLog, Peer
-from node.training import TrainConfig
 from sim import SimConfig, Simulation
 from sim.cli import main, parse_config
-from sim.launcher import LaunchSettings, peer_configs
 
 DIGITS = load_digits()
 
@@ -78,7 +85,7 @@ class Constant(torch.nn.Module):
 
 
 def test_attack_success_rates():
-    from node.model import FlatModel
+    from node.learning.model import FlatModel
 
     always_target = FlatModel(Constant(TARGET))
     x, y = DIGITS.x_test, DIGITS.y_test

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from node import load_digits, partition, synthetic
+from node.learning import load_digits, partition, synthetic
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import torch
 
 import topology as T
 from gossip import InMemoryHub, Message, encode, encode_message
-from node import load_digits
-from node.checkpoint import load_checkpoint
 from node.config import AlgorithmSection, DataSection, GossipSection, PeerConfig
+from node.learning import load_digits
 from node.peer import JsonLog, Peer
+from node.peer.checkpoint import load_checkpoint
 from sim import SimConfig, Simulation
 from tests.helpers import running, wait_for
 

@@ -218,7 +218,7 @@ def test_unknown_rule_and_bad_options_name_the_problem():
 
 
 def test_variance_correction_never_touches_batchnorm_statistics():
-    from node.model import FlatModel
+    from node.learning.model import FlatModel
 
     torch.manual_seed(0)
     model = FlatModel(torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4)))

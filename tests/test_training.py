@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from node import (
+from node.learning import (
     BatchSampler,
     build_model,
     derive_seed,

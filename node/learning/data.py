@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from node.seeding import derive_seed
+from node.learning.seeding import derive_seed
 
 # The digits split is fixed (not tied to the run seed) so that every run of the project is scored
 # on the same 450 test images.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from node.model import FlatModel
+from node.learning.model import FlatModel
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def resolve(argv: Sequence[str] | None) -> Any:
 
 
 async def serve(config) -> int:
-    from node.peer import Peer
+    from node.peer.protocol import Peer
 
     peer = Peer(config)
     loop = asyncio.get_running_loop()

@@ -45,13 +45,13 @@ from gossip import (
     encode_message,
 )
 from mixing import component_average
-from node.algorithms import resolve_algorithm
-from node.attacks import Attack
-from node.checkpoint import load_checkpoint, save_checkpoint
 from node.config import PeerConfig
-from node.data import Dataset, load_dataset, partition
-from node.learner import make_learner
-from node.training import TrainConfig
+from node.learning.algorithms import resolve_algorithm
+from node.learning.attacks import Attack
+from node.learning.data import Dataset, load_dataset, partition
+from node.learning.learner import make_learner
+from node.learning.training import TrainConfig
+from node.peer.checkpoint import load_checkpoint, save_checkpoint
 
 FINAL_SUMMARY = "final.json"
 

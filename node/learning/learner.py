@@ -13,19 +13,19 @@ from typing import Any
 import torch
 
 from mixing import Average, HistoryRecord, MixingRule, make_rule, neighbour_weights
-from node.algorithms import Algorithm
-from node.attacks import Attack
-from node.data import Dataset
-from node.model import FlatModel, build_model
-from node.seeding import derive_seed
-from node.training import LocalTrainer, TrainConfig, accuracy
+from node.learning.algorithms import Algorithm
+from node.learning.attacks import Attack
+from node.learning.data import Dataset
+from node.learning.model import FlatModel, build_model
+from node.learning.seeding import derive_seed
+from node.learning.training import LocalTrainer, TrainConfig, accuracy
 
 INITS = ("shared", "independent")
 
 
 class Learner:
     """Model, local optimizer state, minibatch stream and mixing rule of peer ``node_id``;
-    ``attack`` makes it an adversary (see ``node.attacks``)."""
+    ``attack`` makes it an adversary (see ``node.learning.attacks``)."""
 
     def __init__(self, node_id: int, model: FlatModel, x: torch.Tensor, y: torch.Tensor,
                  train: TrainConfig, algorithm: Algorithm, seed: int,

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from node.data import Dataset
-from node.model import FlatModel
-from node.training import accuracy
+from node.learning.data import Dataset
+from node.learning.model import FlatModel
+from node.learning.training import accuracy
 
 ATTACKS = ("label-flip", "backdoor", "noise", "sign-flip")
 DATA_ATTACKS = ("label-flip", "backdoor")

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from node.attacks import choose_adversaries
 from node.config import (
     AlgorithmSection,
     AttackSection,
@@ -31,7 +30,8 @@ from node.config import (
     PeerConfig,
     dump_peer_config,
 )
-from node.seeding import derive_seed
+from node.learning.attacks import choose_adversaries
+from node.learning.seeding import derive_seed
 from sim.config import SimConfig
 from sim.engine import build_topology
 from sim.report import format_table
