@@ -4,7 +4,8 @@ A message is a msgpack map with exactly these keys::
 
     v       int    schema version (1)
     kind    str    "model" (a gossip step), "merge" (a flood step of the final global merge) or
-                   "history" (SybilWall's gossip of one stored update history, spec 4.5)
+                   "history" (SybilWall's gossip of one stored update history, docs/algorithms.md
+                   §4.5)
     sender  int    the sender's peer id
     round   int    training round (merge messages carry the number of rounds)
     step    int    gossip step within the round, flood step of the merge, or for "history"

@@ -4,11 +4,16 @@ A transport delivers opaque message bytes to a peer id and hands received bytes 
 handler, which answers with an HTTP-style (status, reason). Every send is bounded by a timeout;
 a peer that is not reachable yet (still starting) is retried with backoff until the timeout, and a
 dead one costs at most that timeout -- never an unbounded wait (hivemind's rule).
+
+Errors a send survives (refused connections, timeouts, dropped keep-alive connections) are logged
+at debug level on this module's ``logging`` logger, never with the bytes received.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -21,6 +26,24 @@ from aiohttp import web
 Handler = Callable[[bytes | None], Awaitable[tuple[int, str]]]
 # path -> coroutine returning (content type, body text) for GET endpoints
 GetRoute = Callable[[], Awaitable[tuple[str, str]]]
+
+logger = logging.getLogger(__name__)
+
+
+class ListenError(OSError):
+    """The transport cannot serve on its address (in use, not this machine's, not allowed);
+    the message names the address: ``cannot listen on HOST:PORT: address already in use``."""
+
+    def __init__(self, host: str, port: int, cause: OSError):
+        reason = {errno.EADDRINUSE: "address already in use",
+                  errno.EADDRNOTAVAIL: "address not available on this machine",
+                  errno.EACCES: "permission denied"}.get(
+            cause.errno, (cause.strerror or str(cause)).lower())
+        super().__init__(cause.errno, f"cannot listen on {host}:{port}: {reason}")
+        self.host, self.port = host, port
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 class Transport(ABC):
@@ -73,6 +96,7 @@ class InMemoryTransport(Transport):
         try:
             status, _ = await asyncio.wait_for(handler(body), timeout)
         except asyncio.TimeoutError:
+            logger.debug("send from %s to %s: no answer within %.3gs", self.node_id, peer, timeout)
             return None
         return status
 
@@ -112,7 +136,12 @@ class HttpTransport(Transport):
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise ListenError(self.host, self.port, exc) from exc
         self.port = self._runner.addresses[0][1]
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit_per_host=4))
@@ -122,6 +151,7 @@ class HttpTransport(Transport):
         assert self._session is not None, "start() the transport before sending"
         url = self.peers.get(peer)
         if url is None:
+            logger.debug("send to %s: no address known", peer)
             return None
         deadline = time.monotonic() + timeout
         backoff, dropped = 0.02, 0
@@ -135,17 +165,24 @@ class HttpTransport(Transport):
                         timeout=aiohttp.ClientTimeout(total=left)) as response:
                     await response.read()
                     return response.status
-            except aiohttp.ClientConnectorError:
+            except aiohttp.ClientConnectorError as exc:
                 if not retry:  # nothing listens there: the peer left
+                    logger.debug("send to %s at %s: cannot connect (%s); giving up", peer, url,
+                                 _describe(exc))
                     return None
+                logger.debug("send to %s at %s: cannot connect (%s); retrying", peer, url,
+                             _describe(exc))
                 await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
                 backoff = min(backoff * 2, 0.5)
-            except aiohttp.ClientConnectionError:
+            except aiohttp.ClientConnectionError as exc:
                 # a pooled keep-alive connection to a peer that restarted: try a fresh one
                 dropped += 1
+                logger.debug("send to %s at %s: connection dropped (%s), %d so far", peer, url,
+                             type(exc).__name__, dropped)
                 if dropped > 2 and not retry:
                     return None
             except asyncio.TimeoutError:
+                logger.debug("send to %s at %s: no answer within %.3gs", peer, url, timeout)
                 return None
 
     async def close(self) -> None:
@@ -155,9 +192,17 @@ class HttpTransport(Transport):
             await self._runner.cleanup()
 
 
+def _describe(exc: OSError) -> str:
+    """An OS error's kind (``ECONNREFUSED``...) without its message, which can quote the peer."""
+    code = getattr(exc, "errno", None)
+    return errno.errorcode.get(code, type(exc).__name__) if code else type(exc).__name__
+
+
 def _get_handler(route: GetRoute):
     async def handle(request: web.Request) -> web.Response:
         content_type, text = await route()
-        return web.Response(text=text, content_type=content_type)
+        # aiohttp takes the charset apart ("text/plain; version=1.0.0; charset=utf-8")
+        media, _, charset = content_type.partition("; charset=")
+        return web.Response(text=text, content_type=media, charset=charset or None)
 
     return handle

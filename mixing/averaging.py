@@ -1,4 +1,4 @@
-"""Gossip averaging over flat parameter vectors (spec sections 1.1, 2.1, 5.1).
+"""Gossip averaging over flat parameter vectors (docs/algorithms.md §1.1, §2.1, §5.1).
 
 Pure functions: a peer calls :func:`neighbour_weights` and :func:`weighted_average` with the
 vectors it received; the simulator calls the very same functions with the vectors its in-memory
@@ -31,7 +31,8 @@ def neighbour_weights(
 def weighted_average(
     own: torch.Tensor, received: Mapping[int, torch.Tensor], weights: Mapping[int, float]
 ) -> torch.Tensor:
-    """x_i' = w_ii x_i + sum_j w_ij x_j with w_ii = 1 - sum_j w_ij (one gossip step, spec 1.1).
+    """x_i' = w_ii x_i + sum_j w_ij x_j with w_ii = 1 - sum_j w_ij (one gossip step,
+    docs/algorithms.md §1.1).
 
     Only neighbours present in both ``received`` and ``weights`` count. They are summed in order of
     their ids, so the result does not depend on the order in which messages arrived (a networked
@@ -66,6 +67,6 @@ def component_average(vectors: Mapping[int, torch.Tensor], components: Sequence[
 
 
 def consensus_distance(vectors: Sequence[torch.Tensor]) -> float:
-    """Xi^2 = (1/n) sum_i ||x_i - xbar||^2 (spec 0.1)."""
+    """Xi^2 = (1/n) sum_i ||x_i - xbar||^2 (docs/algorithms.md §0.1)."""
     stacked = torch.stack(list(vectors)).to(torch.float64)
     return float(((stacked - stacked.mean(dim=0)) ** 2).sum(dim=1).mean())

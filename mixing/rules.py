@@ -15,9 +15,9 @@ The peer (``node.peer``) and the simulator (``sim.engine``) both get their rule 
 the instance, one per peer.
 
 Uniform rules (median, trimmed mean, Krum, NNA) treat the peer's own vector as one input among
-``n = 1 + len(received)``, as in the Byzantine-robust literature (spec section 7): with nothing
-filtered they give the uniform mean of the n inputs, which equals gossip averaging only when the
-Metropolis weights are uniform (a regular or complete graph).
+``n = 1 + len(received)``, as in the Byzantine-robust literature (docs/algorithms.md §7): with
+nothing filtered they give the uniform mean of the n inputs, which equals gossip averaging only when
+the Metropolis weights are uniform (a regular or complete graph).
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ Boundaries = Sequence[tuple[int, int]]
 
 @dataclass
 class HistoryRecord:
-    """What SybilWall knows of one origin (spec 4.2): the record's round, its hop distance, the
-    neighbour it came from (the origin itself for direct neighbours) and the history vector."""
+    """What SybilWall knows of one origin (docs/algorithms.md §4.2): the record's round, its hop
+    distance, the neighbour it came from (the origin itself for direct neighbours) and the history
+    vector."""
 
     round: int
     distance: int
@@ -93,7 +94,7 @@ def _mean(vectors: list[torch.Tensor]) -> torch.Tensor:
 
 
 class Average(MixingRule):
-    """Plain gossip averaging with Metropolis weights (spec 1.1)."""
+    """Plain gossip averaging with Metropolis weights (docs/algorithms.md §1.1)."""
 
     name = "average"
 
@@ -104,7 +105,7 @@ class Average(MixingRule):
 class VarianceCorrected(MixingRule):
     """Averaging followed by a per-tensor rescale that restores the inputs' variance
     (Tian et al. 2024, "Vanishing Variance Problem in Fully Decentralized Neural-Network
-    Systems"; spec section 3.2).
+    Systems"; docs/algorithms.md §3.2).
 
     Averaging k uncorrelated tensors of variance s^2 leaves variance about s^2/k, a badly scaled
     network that sits on a plateau. For every parameter tensor l (``boundaries`` gives the slices
@@ -234,8 +235,8 @@ class Krum(MixingRule):
 
 
 class NearestNeighbourAverage(MixingRule):
-    """NNA (Farhadkhani et al. 2023, spec 7.1): average the n - f inputs closest in L2 to the
-    peer's own vector (its own included, at distance 0). With MoNNA's local momentum
+    """NNA (Farhadkhani et al. 2023, docs/algorithms.md §7.1): average the n - f inputs closest in
+    L2 to the peer's own vector (its own included, at distance 0). With MoNNA's local momentum
     (``TrainConfig.dampening = momentum``) this is MoNNA. ``f = 0`` is the uniform mean."""
 
     name = "nna"
@@ -254,7 +255,7 @@ class NearestNeighbourAverage(MixingRule):
 
 
 class ClippedGossip(MixingRule):
-    """Self-centred clipping (He, Karimireddy, Jaggi 2022, spec 7.2)::
+    """Self-centred clipping (He, Karimireddy, Jaggi 2022, docs/algorithms.md §7.2)::
 
         x_i' = x_i + sum_j w_ij CLIP(x_j - x_i, tau),  CLIP(v, tau) = v min(1, tau / ||v||)
 
@@ -296,7 +297,8 @@ class ClippedGossip(MixingRule):
 
 
 def foolsgold_scores(histories: torch.Tensor) -> torch.Tensor:
-    """FoolsGold's similarity score per history (Fung et al. 2020; spec 4.3), in float64.
+    """FoolsGold's similarity score per history (Fung et al. 2020; docs/algorithms.md §4.3), in
+    float64.
 
     Cosine similarities S (diagonal 0); pardoning S_kl *= v_k / v_l when v_k < v_l with
     v = row max + 1e-5; a = 1 - row max, clipped to [0, 1] and divided by its max; logit
@@ -326,7 +328,7 @@ def foolsgold_scores(histories: torch.Tensor) -> torch.Tensor:
 
 
 class SybilWall(MixingRule):
-    """SybilWall (Werthenbach and Pouwelse 2023; spec sections 4.2-4.5).
+    """SybilWall (Werthenbach and Pouwelse 2023; docs/algorithms.md §4.2-4.5).
 
     The peer keeps one history per origin. Direct neighbours' histories come from the models they
     send: ``history_mode="latest"`` keeps the latest model (what the authors' code computes, since
@@ -336,7 +338,7 @@ class SybilWall(MixingRule):
     distant origins arrive by probabilistic gossip (:meth:`history_for` / :meth:`accept_history`)
     and only sharpen the scores: their models are never averaged in.
 
-    Aggregation, the normalised formula of spec 4.4::
+    Aggregation, the normalised formula of docs/algorithms.md §4.4::
 
         x_i' = (x_i + sum_{j present} a_j x_j) / (1 + sum_j a_j)
 
@@ -345,7 +347,7 @@ class SybilWall(MixingRule):
     of *all* histories, so with distant histories present its own model receives the first
     distant score and the weights do not sum to 1; we implement the intended normalisation.
 
-    ``gossip=False`` never shares histories: local FoolsGold, the spec's baseline.
+    ``gossip=False`` never shares histories: local FoolsGold, the paper's baseline.
     """
 
     name = "sybilwall"
@@ -404,7 +406,7 @@ class SybilWall(MixingRule):
         return out
 
     def history_for(self, neighbour: int) -> tuple[int, HistoryRecord] | None:
-        """One stored history to gossip to ``neighbour`` (spec 4.5), or None.
+        """One stored history to gossip to ``neighbour`` (docs/algorithms.md §4.5), or None.
 
         Candidates exclude ``neighbour``'s own record and every record received from it; a
         record at distance d is picked with probability proportional to decay exp(-decay (d-1)).

@@ -1,296 +1,487 @@
-"""The peer's configuration: one TOML file (documented key by key in docs/peer-config.md).
+"""Every setting of the project, declared once (the machinery is in ``node.schema``).
 
-Every key has a default except ``id``; unknown keys, wrong types and out-of-range values get one
-error that names the key (and its section).
+Three tools read these sections; the same section names mean the same things everywhere:
+
+============  ==========================================================  ==================
+section       what it holds                                               used by
+============  ==========================================================  ==================
+[data]        data set, partition, shard                                  peer, sim, launch
+[model]       model and its size                                          peer, sim, launch
+[algorithm]   algorithm, local optimizer, final merge                     peer, sim, launch
+[gossip]      codec, message size limit, deadlines                        peer, sim, launch
+[mixing]      mixing rule and initial model                               peer, sim, launch
+[attack]      adversarial behaviour (and, for experiments, placement)     peer, sim, launch
+[run]         seed, rounds, evaluation, threads                           peer, sim, launch
+[peer]        this peer's id, address, state folder, log                  peer
+[neighbours]  peer id = URL                                               peer
+[graph]       number of peers, topology, relays                           sim, launch
+[sim]         engine and output folder                                    sim
+[launch]      output folder, churn, time limit                            launch
+============  ==========================================================  ==================
+
+A file may hold sections of several tools (each tool ignores the sections that are not its own),
+so one file can describe an experiment and the peers in it. Every key is documented in
+docs/peer-config.md (peer) and by ``--help`` (all tools).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field, field_validator, model_validator
 
 from gossip import CODECS
 from mixing import MIXING_NAMES, SybilWall, VarianceCorrected
-from node.learning.algorithms import ALGORITHM_NAMES
-from node.learning.attacks import ATTACKS
-from node.learning.data import DATASETS, PARTITIONS
-from node.learning.learner import INITS
-from node.learning.model import MODELS
+from node.learning import (
+    ALGORITHM_NAMES,
+    ATTACKS,
+    DATASETS,
+    INITS,
+    MODELS,
+    PARTITIONS,
+    Algorithm,
+    Attack,
+    Dataset,
+    Learner,
+    TrainConfig,
+    choose_adversaries,
+    derive_seed,
+    make_attack,
+    make_learner,
+    resolve_algorithm,
+)
+from node.schema import (
+    ALL_SECTIONS,
+    Config,
+    ConfigError,
+    OneOf,
+    Section,
+    setting,
+)
+from topology import TOPOLOGY_NAMES, Topology, build_topology
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-
-class ConfigError(ValueError):
-    """A bad setting in a config file or a flag; the message names the key."""
-
-
-class PeerConfigError(ConfigError):
-    """A bad peer setting; the message names the key."""
-
-
-@dataclass
-class DataSection:
-    dataset: str = "digits"
-    partition: str = "iid"
-    alpha: float = 0.5
-    classes_per_node: int = 2
-    shard: int = 0
-    num_shards: int = 1
-    synthetic_alpha: float = 1.0
-    synthetic_beta: float = 1.0
-    test_fraction: float = 0.25
-
-
-@dataclass
-class ModelSection:
-    name: str = "mlp"
-    hidden: int = 64
+ENGINES = ("reference", "batched", "peers")
+EXPERIMENT = ("sim", "launch")
 
 
-@dataclass
-class AlgorithmSection:
-    name: str = "dsgd"
-    local_steps: int | None = None
-    gossip_steps: int | None = None
-    rho: float | None = None
-    lr: float = 0.05
-    lr_decay: float = 0.998
-    momentum: float = 0.9
-    dampening: float = 0.0
-    weight_decay: float = 5e-4
-    batch_size: int = 16
-    final_merge: bool = True
+def _names(registry: Any):
+    return lambda: tuple(registry)
 
 
-@dataclass
-class MixingSection:
-    """The mixing rule (``mixing.make_rule``) and the initial model."""
+class DataSection(Section):
+    """Where a peer's training data comes from."""
 
-    name: str = "average"
-    byzantine_f: int = 1
-    clip_radius: float | None = None
-    vc_own_weight: float | None = None
-    vc_target: str = "others"
-    history_mode: str = "latest"
-    history_decay: float = 0.8
-    init: str = "shared"
+    dataset: Annotated[str, OneOf(_names(DATASETS))] = setting(
+        "digits", "data set: digits (bundled with scikit-learn) or synthetic (LEAF)")
+    partition: Annotated[str, OneOf(_names(PARTITIONS))] = setting(
+        "iid", "how the training split is cut among peers; natural keeps the synthetic "
+        "generator's per-peer parts")
+    alpha: float = setting(0.5, "Dirichlet concentration (smaller: more heterogeneous)", gt=0)
+    classes_per_node: int = setting(2, "classes per peer for partition = shards", ge=1)
+    test_fraction: float = setting(0.25, "digits: held-out fraction of the fixed stratified "
+                                   "split", gt=0, lt=1)
+    synthetic_alpha: float = setting(1.0, "LEAF synthetic(alpha, beta): model heterogeneity",
+                                     ge=0)
+    synthetic_beta: float = setting(1.0, "LEAF synthetic(alpha, beta): data heterogeneity",
+                                    ge=0)
+    shard: int = setting(0, "which part of the split this peer trains on (0..num_shards-1)",
+                         ge=0, tools=("peer",))
+    num_shards: int = setting(1, "how many parts the training split is cut into (usually the "
+                              "number of peers)", ge=1, tools=("peer",))
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> DataSection:
+        if self.shard >= self.num_shards:
+            raise ValueError(f"shard must be in 0..num_shards-1 "
+                             f"({self.num_shards - 1}), got {self.shard}")
+        return self
+
+
+class ModelSection(Section):
+    """The model every peer trains (the same architecture on all peers)."""
+
+    name: Annotated[str, OneOf(_names(MODELS))] = setting(
+        "mlp", "model architecture", flag="--model")
+    hidden: int = setting(64, "MLP hidden width", ge=1)
+
+
+class AlgorithmSection(Section):
+    """The algorithm (its local steps K, SAM radius rho, gossip steps Q) and the local
+    optimizer; docs/algorithms.md sections 1 and 2."""
+
+    name: Annotated[str, OneOf(_names(ALGORITHM_NAMES))] = setting(
+        "dsgd", "dsgd: 1 SGD step + 1 gossip step; dfedavg: K SGD steps; dfedsam: K SAM "
+        "steps; dfedsam-mgs: K SAM steps + Q gossip steps", flag="--algorithm")
+    local_steps: int | None = setting(None, "local steps K per round (default: 1 for dsgd, "
+                                      "5 otherwise)", ge=1)
+    gossip_steps: int | None = setting(None, "gossip steps Q per round (dfedsam-mgs; "
+                                       "default 4)", ge=0)
+    rho: float | None = setting(None, "SAM radius (dfedsam, dfedsam-mgs; default 0.05)", ge=0)
+    lr: float = setting(0.05, "learning rate, times lr_decay ** round", gt=0)
+    lr_decay: float = setting(0.998, "per-round learning-rate factor", gt=0)
+    momentum: float = setting(0.9, "local momentum (the buffer is never sent)", ge=0, lt=1)
+    dampening: float = setting(0.0, "momentum dampening; = momentum gives MoNNA's "
+                               "m = b m + (1 - b) g", ge=0, lt=1)
+    weight_decay: float = setting(5e-4, "L2 weight decay", ge=0)
+    batch_size: int = setting(16, "minibatch size", ge=1)
+    final_merge: bool = setting(True, "end with the exact global merge of every connected "
+                                "component")
+
+    @model_validator(mode="after")
+    def _algorithm_fits(self) -> AlgorithmSection:
+        try:
+            self.resolve()
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def resolve(self) -> Algorithm:
+        """(K, rho, Q) of this algorithm with its defaults filled in."""
+        return resolve_algorithm(self.name, local_steps=self.local_steps, rho=self.rho,
+                                 gossip_steps=self.gossip_steps)
+
+    def train_config(self) -> TrainConfig:
+        """The local optimizer's settings (``node.learning.TrainConfig``)."""
+        algorithm = self.resolve()
+        return TrainConfig(lr=self.lr, lr_decay=self.lr_decay, momentum=self.momentum,
+                           dampening=self.dampening, weight_decay=self.weight_decay,
+                           batch_size=self.batch_size, local_steps=algorithm.local_steps,
+                           rho=algorithm.rho)
+
+
+class GossipSection(Section):
+    """The wire and the round protocol's waits (real peers, the launcher, --engine peers)."""
+
+    codec: Annotated[str, OneOf(_names(CODECS))] = setting(
+        "f32", "tensor codec of every model sent (f32 exact; f16, bf16, q8 lossy)")
+    max_message_bytes: int = setting(64 * 2**20, "largest message body accepted", ge=1024)
+    deadline_floor_s: float = setting(1.0, "shortest wait for a gossip step's messages", gt=0)
+    deadline_ceiling_s: float = setting(10.0, "longest wait for a gossip step's messages "
+                                        "(also each merge step's)", gt=0)
+    deadline_factor: float = setting(3.0, "a step waits factor x the smoothed time its "
+                                     "neighbours took, within floor and ceiling", ge=1)
+    startup_timeout_s: float = setting(60.0, "how long the first rendezvous waits for "
+                                       "neighbours that are still starting", gt=0)
+
+    @model_validator(mode="after")
+    def _floor_below_ceiling(self) -> GossipSection:
+        if self.deadline_floor_s > self.deadline_ceiling_s:
+            raise ValueError("deadline_floor_s must be <= deadline_ceiling_s "
+                             f"({self.deadline_ceiling_s}), got {self.deadline_floor_s}")
+        return self
+
+
+class MixingSection(Section):
+    """How a peer combines what it received (``mixing.make_rule``), docs/algorithms.md
+    sections 3, 4 and 7, and the initial model."""
+
+    name: Annotated[str, OneOf(lambda: MIXING_NAMES)] = setting(
+        "average", "mixing rule; foolsgold is SybilWall without history gossip, multi-krum "
+        "averages the n-f best Krum scores", flag="--mixing")
+    byzantine_f: int = setting(1, "inputs a robust rule tolerates: trimmed-mean trims f per "
+                               "side, krum/multi-krum/nna drop f", ge=0)
+    clip_radius: float | None = setting(None, "clipped-gossip radius tau (default: adaptive, "
+                                        "the second-largest neighbour distance)", gt=0)
+    vc_own_weight: float | None = setting(None, "variance-corrected: own weight c in c own + "
+                                          "(1-c) mean(received) (default: Metropolis weights)",
+                                          ge=0, le=1)
+    vc_target: Annotated[str, OneOf(lambda: VarianceCorrected.TARGETS)] = setting(
+        "others", "variance-corrected target variance")
+    history_mode: Annotated[str, OneOf(lambda: SybilWall.HISTORY_MODES)] = setting(
+        "latest", "sybilwall/foolsgold history: latest model (the authors' code) or sum of "
+        "updates (FoolsGold)")
+    history_decay: float = setting(0.8, "sybilwall: a history d hops away is gossiped with "
+                                   "weight decay exp(-decay (d-1))", gt=0)
+    init: Annotated[str, OneOf(lambda: INITS)] = setting(
+        "shared", "shared: one initial model for all peers; independent: one per peer")
 
     def options(self) -> dict[str, Any]:
+        """Keyword arguments of ``mixing.make_rule`` besides the rule's name."""
         return {"f": self.byzantine_f, "radius": self.clip_radius,
                 "own_weight": self.vc_own_weight, "target": self.vc_target,
                 "history_mode": self.history_mode, "decay": self.history_decay}
 
 
-@dataclass
-class AttackSection:
-    """Makes this peer an adversary (``node.learning.attacks``); ``kind = "none"``: honest."""
+class AttackSection(Section):
+    """Adversarial behaviour, docs/algorithms.md sections 4.6 and 7.3. In a peer's config
+    ``kind`` makes that peer the adversary; in an experiment, ``adversaries`` or ``phi`` say
+    where the adversaries are."""
 
-    kind: str = "none"
-    scale: float | None = None
+    kind: Annotated[str | None, OneOf(lambda: ATTACKS)] = setting(
+        None, "label-flip swaps classes 0 and 1, backdoor adds a 3x3 trigger labelled 1, noise "
+        "sends x + scale N(0, I), sign-flip sends -scale x", flag="--attack")
+    scale: float | None = setting(None, "strength: the noise's std, or sign-flip's factor "
+                                  "(default 100 and 1)", gt=0, flag="--attack-scale")
+    adversaries: int = setting(0, "K adversarial peers placed at random", ge=0,
+                               tools=EXPERIMENT)
+    sybils: int | None = setting(None, "S Sybil identities of one adversary, attached by "
+                                 "SybilWall's spread rule (default: clusters of 7)", ge=1,
+                                 tools=("sim",))
+    phi: float | None = setting(None, "attack edges per honest peer for the Sybils", gt=0,
+                                tools=("sim",))
+
+    @model_validator(mode="after")
+    def _placement(self) -> AttackSection:
+        placed = self.adversaries > 0 or self.phi is not None
+        if self.kind is None:
+            if placed or self.sybils is not None or self.scale is not None:
+                raise ValueError("adversaries/sybils/phi/scale need kind "
+                                 f"(--attack, one of: {', '.join(ATTACKS)})")
+            return self
+        if self.adversaries > 0 and self.phi is not None:
+            raise ValueError("give either adversaries K or sybils S with phi PHI, "
+                             "not both")
+        if self.sybils is not None and self.phi is None:
+            raise ValueError("sybils needs phi, the attack edges per honest peer")
+        return self
+
+    def attack(self) -> Attack | None:
+        """The behaviour (``node.learning.attacks``), or None for an honest peer."""
+        return None if self.kind is None else make_attack(self.kind, scale=self.scale)
 
 
-@dataclass
-class GossipSection:
-    codec: str = "f32"
-    max_message_bytes: int = 64 * 2**20
-    deadline_floor_s: float = 1.0
-    deadline_ceiling_s: float = 10.0
-    deadline_factor: float = 3.0
-    startup_timeout_s: float = 60.0
+class RunSection(Section):
+    """The run as a whole."""
+
+    seed: int = setting(0, "run seed: data split, init, graph, minibatches (the same on every "
+                        "peer of a network)", ge=0)
+    rounds: int = setting(100, "training rounds; the final merge follows", ge=1)
+    eval_every: int = setting(1, "evaluate every N rounds (and after the last)", ge=1)
+    threads: int = setting(1, "torch CPU threads", ge=1)
+    device: Annotated[str, OneOf(lambda: ("cpu", "cuda"))] = setting(
+        "cpu", "where the model trains", tools=("peer",))
+    quiet: bool = setting(False, "no progress line and no final table", tools=EXPERIMENT)
 
 
-@dataclass
-class PeerConfig:
-    id: int = -1
-    listen: str = "127.0.0.1:0"
-    seed: int = 0
-    rounds: int = 10
-    eval_every: int = 1
-    state_dir: str = "state"
-    log_file: str = ""
-    device: str = "cpu"
-    threads: int = 1
-    neighbours: dict[int, str] = field(default_factory=dict)
-    data: DataSection = field(default_factory=DataSection)
-    model: ModelSection = field(default_factory=ModelSection)
-    algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
-    gossip: GossipSection = field(default_factory=GossipSection)
-    mixing: MixingSection = field(default_factory=MixingSection)
-    attack: AttackSection = field(default_factory=AttackSection)
+class PeerSection(Section):
+    """This peer (``python -m node``)."""
+
+    id: int | None = setting(None, "this peer's id, unique in the network (required)", ge=0)
+    listen: str = setting("127.0.0.1:0", "HOST:PORT to serve on (port 0: the OS picks)")
+    state_dir: str = setting("state", "checkpoint.pt (every round, atomic) and final.json")
+    log_file: str = setting("", "JSON-lines log (empty: standard output)")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"must be HOST:PORT, got {value!r}")
+        return value
 
     @property
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host, int(port)
 
-    def to_dict(self) -> dict[str, Any]:
-        raw = dataclasses.asdict(self)
-        raw["neighbours"] = {str(k): v for k, v in self.neighbours.items()}
-        return raw
+
+class GraphSection(Section):
+    """Who talks to whom in an experiment (the topology package)."""
+
+    nodes: int = setting(16, "number of peers", ge=2)
+    topology: Annotated[str, OneOf(lambda: TOPOLOGY_NAMES)] = setting(
+        "ring", "graph builder (ignored with file)")
+    file: str | None = setting(None, "load the graph from an edge list or .json file instead",
+                               flag="--graph")
+    degree: int | None = setting(None, "degree of random-regular, neighbours of "
+                                 "watts-strogatz (default 4)", ge=1)
+    probability: float | None = setting(None, "edge probability of erdos-renyi, rewiring "
+                                        "probability of watts-strogatz (default 0.3 and 0.1)",
+                                        ge=0, le=1)
+    attach: int | None = setting(None, "edges per new node m of barabasi-albert (default 2)",
+                                 ge=1)
+    radius: float | None = setting(None, "radius of random-geometric (default 0.3)", gt=0)
+    max_degree: int | None = setting(None, "remove random edges (never a bridge) until no "
+                                     "peer has more neighbours", ge=1)
+    data_fraction: float = setting(1.0, "fraction of peers holding data (drawn with the "
+                                   "seed); the others only relay", gt=0, le=1,
+                                   tools=("sim",))
+
+    @field_validator("file")
+    @classmethod
+    def _exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).exists():
+            raise ValueError(f"file {value} does not exist")
+        return value
+
+    def build(self, seed: int) -> Topology:
+        """The experiment's graph for run seed ``seed`` (its own streams for the graph and the
+        degree cap)."""
+        return build_topology(name=self.topology, nodes=self.nodes, file=self.file,
+                              seed=derive_seed(seed, "topology"), degree=self.degree,
+                              probability=self.probability, attach=self.attach,
+                              radius=self.radius, max_degree=self.max_degree,
+                              cap_seed=derive_seed(seed, "max-degree"))
 
 
-_SECTIONS = {"data": DataSection, "model": ModelSection, "algorithm": AlgorithmSection,
-             "gossip": GossipSection, "mixing": MixingSection, "attack": AttackSection}
-_CHOICES = {("data", "dataset"): DATASETS, ("data", "partition"): PARTITIONS,
-            ("model", "name"): tuple(MODELS), ("algorithm", "name"): ALGORITHM_NAMES,
-            ("gossip", "codec"): CODECS, ("", "device"): ("cpu", "cuda"),
-            ("mixing", "name"): MIXING_NAMES, ("mixing", "vc_target"): VarianceCorrected.TARGETS,
-            ("mixing", "history_mode"): SybilWall.HISTORY_MODES, ("mixing", "init"): INITS,
-            ("attack", "kind"): ("none",) + ATTACKS}
+class SimSection(Section):
+    """The simulator (``python -m sim``)."""
+
+    engine: Annotated[str, OneOf(lambda: ENGINES)] = setting(
+        "reference", "reference: synchronous rounds, every rule, attack and event; batched: "
+        "all peers in one tensor (average mixing only); peers: the real peer protocol on a "
+        "simulated clock", tools=("sim",))
+    out: str | None = setting(None, "output folder (default: runs/ALGORITHM-TOPOLOGY-sSEED)",
+                              tools=("sim",))
 
 
-def _where(section: str, key: str) -> str:
-    return f"[{section}] {key}" if section else key
+class LaunchSection(Section):
+    """Real peer processes on this machine (``scripts/launch.py``)."""
+
+    out: str = setting("runs/launch", "run folder: peer configs, states, logs, summary.json, "
+                       "accuracy.png", tools=("launch",))
+    kill_fraction: float = setting(0.0, "fraction of peers to SIGKILL (churn)", ge=0, le=1,
+                                   tools=("launch",))
+    kill_at_round: int = setting(0, "kill once every peer completed this round", ge=0,
+                                 tools=("launch",))
+    restart_after: float | None = setting(None, "restart killed peers after this many seconds "
+                                          "(they resume from their checkpoints)", ge=0,
+                                          tools=("launch",))
+    timeout: float = setting(1800.0, "stop every peer and give up after this many seconds",
+                             gt=0, tools=("launch",))
 
 
-def typed_value(where: str, value: Any, kind: str) -> Any:
-    """``value`` checked against a dataclass field's type text (``int``, ``float | None``...);
-    ints are accepted for floats. Raises ConfigError naming ``where``."""
-    if value is None and "None" in kind:
-        return None
-    if kind.startswith("bool"):
-        ok = isinstance(value, bool)
-    elif kind.startswith("int"):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind.startswith("float"):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise ConfigError(f"{where} must be {kind.split(' ')[0]}, got {value!r}")
-    return value
+def _section(cls: type[Section]) -> Any:
+    return Field(default_factory=cls)
 
 
-def _fill(target: Any, section: str, raw: dict[str, Any]) -> None:
-    fields = {f.name: f for f in dataclasses.fields(target)}
-    for key, value in raw.items():
-        name = key.replace("-", "_")
-        if name not in fields or name in _SECTIONS or name == "neighbours":
-            valid = ", ".join(k for k in fields if k not in _SECTIONS and k != "neighbours")
-            raise PeerConfigError(f"unknown key {_where(section, key)!r}; valid: {valid}")
-        try:
-            value = typed_value(_where(section, name), value, str(fields[name].type))
-        except ConfigError as exc:
-            raise PeerConfigError(str(exc)) from exc
-        setattr(target, name, value)
+class PeerConfig(Config):
+    """One peer (``python -m node --config peer.toml``)."""
+
+    TOOL: ClassVar[str] = "peer"
+    peer: PeerSection = _section(PeerSection)
+    run: RunSection = _section(RunSection)
+    neighbours: dict[int, str] = Field(default_factory=dict)
+    data: DataSection = _section(DataSection)
+    model: ModelSection = _section(ModelSection)
+    algorithm: AlgorithmSection = _section(AlgorithmSection)
+    gossip: GossipSection = _section(GossipSection)
+    mixing: MixingSection = _section(MixingSection)
+    attack: AttackSection = _section(AttackSection)
+
+    @field_validator("neighbours", mode="before")
+    @classmethod
+    def _neighbour_table(cls, raw: Any) -> dict[int, str]:
+        if not isinstance(raw, dict):
+            raise ValueError('must be a table of id = "http://host:port"')
+        out = {}
+        for key, url in raw.items():
+            try:
+                peer = int(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"key {str(key)[:20]!r} must be a peer id (integer)") from None
+            if not isinstance(url, str) or not url.startswith("http://"):
+                raise ValueError(f"{peer} must be an http:// URL (https is not supported: "
+                                 "plain HTTP is for trusted networks)")
+            out[peer] = url
+        return out
+
+    @model_validator(mode="after")
+    def _whole(self) -> PeerConfig:
+        if self.peer.id is None:
+            raise ValueError("[peer] id must be set to this peer's id (>= 0)")
+        if self.peer.id in self.neighbours:
+            raise ValueError(f"[neighbours] lists the peer itself ({self.peer.id})")
+        return self
 
 
-def _neighbours(raw: Any) -> dict[int, str]:
-    if not isinstance(raw, dict):
-        raise PeerConfigError("[neighbours] must be a table of id = \"http://host:port\"")
-    out = {}
-    for key, url in raw.items():
-        try:
-            peer = int(key)
-        except ValueError as exc:
-            raise PeerConfigError(f"[neighbours] key {key!r} must be a peer id (integer)") from exc
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise PeerConfigError(f"[neighbours] {key} must be an http:// URL, got {url!r}")
-        out[peer] = url
-    return out
+class _Experiment(Config):
+    graph: GraphSection = _section(GraphSection)
+    run: RunSection = _section(RunSection)
+    data: DataSection = _section(DataSection)
+    model: ModelSection = _section(ModelSection)
+    algorithm: AlgorithmSection = _section(AlgorithmSection)
+    gossip: GossipSection = _section(GossipSection)
+    mixing: MixingSection = _section(MixingSection)
+    attack: AttackSection = _section(AttackSection)
+
+    @model_validator(mode="after")
+    def _whole(self) -> _Experiment:
+        if self.attack.adversaries >= self.graph.nodes:
+            raise ValueError(f"[attack] adversaries must be < [graph] nodes "
+                             f"({self.graph.nodes}), got {self.attack.adversaries}")
+        if self.graph.data_fraction < 1.0 and self.attack.kind is not None:
+            raise ValueError("[graph] data_fraction: relays and attacks do not combine; use 1")
+        return self
+
+    def peer_configs(self, addresses: list[tuple[str, int]], run_dir: Path,
+                     listen: list[str] | None = None) -> list[PeerConfig]:
+        """One PeerConfig per peer of this experiment: its address (``listen[i]``, default
+        ``addresses[i]``), neighbours from the topology, shard i of n, the shared sections as
+        they are, and the attack only on the peers chosen as adversaries (the simulator's
+        choice, same seed stream)."""
+        seed, nodes = self.run.seed, self.graph.nodes
+        topology = self.graph.build(seed)
+        if topology.time_varying:
+            raise ValueError(f"[graph] topology {self.graph.topology} changes every round; "
+                             "real peers need a static graph")
+        graph = topology.graph_at(0)
+        adversaries = choose_adversaries(nodes, self.attack.adversaries,
+                                         derive_seed(seed, "adversaries")) \
+            if self.attack.kind else []
+        shared = {name: getattr(self, name).model_dump()
+                  for name in ("model", "algorithm", "gossip", "mixing")}
+        data = self.data.model_dump(exclude={"shard", "num_shards"})
+        run = self.run.model_dump(include={"seed", "rounds", "eval_every", "threads"})
+        attack = {"kind": self.attack.kind, "scale": self.attack.scale}
+        configs = []
+        for i in range(nodes):
+            folder = run_dir / f"peer{i}"
+            host, port = addresses[i]
+            configs.append(PeerConfig.from_table({
+                "peer": {"id": i, "listen": listen[i] if listen else f"{host}:{port}",
+                         "state_dir": str(folder), "log_file": str(folder / "log.jsonl")},
+                "run": run, **shared,
+                "neighbours": {j: f"http://{addresses[j][0]}:{addresses[j][1]}"
+                               for j in sorted(graph.neighbors(i))},
+                "data": {**data, "shard": i, "num_shards": nodes},
+                "attack": attack if i in adversaries else {}}))
+        return configs
 
 
-def parse_peer_config(raw: dict[str, Any]) -> PeerConfig:
-    """Build a PeerConfig from a TOML-shaped dict (sections as nested tables)."""
-    config = PeerConfig()
-    top = {k: v for k, v in raw.items() if k not in _SECTIONS and k != "neighbours"}
-    _fill(config, "", top)
-    if "neighbours" in raw:
-        config.neighbours = _neighbours(raw["neighbours"])
-    for name in _SECTIONS:
-        if name in raw:
-            if not isinstance(raw[name], dict):
-                raise PeerConfigError(f"[{name}] must be a table")
-            _fill(getattr(config, name), name, raw[name])
-    validate_peer_config(config)
-    return config
+class SimConfig(_Experiment):
+    """A simulation (``python -m sim``)."""
+
+    TOOL: ClassVar[str] = "sim"
+    sim: SimSection = _section(SimSection)
+
+    @property
+    def out(self) -> str:
+        """The output folder: [sim] out, or runs/ALGORITHM-TOPOLOGY-sSEED."""
+        return self.sim.out or \
+            f"runs/{self.algorithm.name}-{self.graph.topology}-s{self.run.seed}"
 
 
-def validate_peer_config(config: PeerConfig) -> None:
-    """Range and choice checks; the first problem raises PeerConfigError naming its key."""
-    for (section, key), valid in _CHOICES.items():
-        value = getattr(getattr(config, section) if section else config, key)
-        if value not in valid:
-            raise PeerConfigError(f"{_where(section, key)}: unknown {value!r}; valid: "
-                                  f"{', '.join(valid)}")
-    checks = [
-        ("", "id", config.id >= 0, "must be set to a peer id >= 0"),
-        ("", "rounds", config.rounds >= 0, "must be >= 0"),
-        ("", "eval_every", config.eval_every >= 1, "must be >= 1"),
-        ("", "threads", config.threads >= 1, "must be >= 1"),
-        ("data", "num_shards", config.data.num_shards >= 1, "must be >= 1"),
-        ("data", "shard", 0 <= config.data.shard < config.data.num_shards,
-         f"must be in 0..num_shards-1 ({config.data.num_shards - 1})"),
-        ("algorithm", "lr", config.algorithm.lr > 0, "must be > 0"),
-        ("algorithm", "batch_size", config.algorithm.batch_size >= 1, "must be >= 1"),
-        ("algorithm", "dampening", 0 <= config.algorithm.dampening < 1, "must be in [0, 1)"),
-        ("mixing", "byzantine_f", config.mixing.byzantine_f >= 0, "must be >= 0"),
-        ("mixing", "clip_radius", config.mixing.clip_radius is None
-         or config.mixing.clip_radius > 0, "must be > 0"),
-        ("mixing", "vc_own_weight", config.mixing.vc_own_weight is None
-         or 0 <= config.mixing.vc_own_weight <= 1, "must be in [0, 1]"),
-        ("mixing", "history_decay", config.mixing.history_decay > 0, "must be > 0"),
-        ("attack", "scale", config.attack.scale is None or config.attack.scale > 0,
-         "must be > 0"),
-        ("gossip", "max_message_bytes", config.gossip.max_message_bytes >= 1024,
-         "must be >= 1024"),
-        ("gossip", "deadline_floor_s", 0 < config.gossip.deadline_floor_s
-         <= config.gossip.deadline_ceiling_s, "must be > 0 and <= deadline_ceiling_s"),
-        ("gossip", "deadline_factor", config.gossip.deadline_factor >= 1, "must be >= 1"),
-        ("gossip", "startup_timeout_s", config.gossip.startup_timeout_s > 0, "must be > 0"),
-    ]
-    for section, key, ok, message in checks:
-        if not ok:
-            raise PeerConfigError(f"{_where(section, key)} {message}")
-    host, _, port = config.listen.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise PeerConfigError(f"listen must be HOST:PORT, got {config.listen!r}")
-    if config.id in config.neighbours:
-        raise PeerConfigError(f"[neighbours] lists the peer itself ({config.id})")
+class LaunchConfig(_Experiment):
+    """Real peer processes (``scripts/launch.py``)."""
+
+    TOOL: ClassVar[str] = "launch"
+    launch: LaunchSection = _section(LaunchSection)
+
+    @property
+    def out(self) -> str:
+        return self.launch.out
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """The table of a TOML file; a missing or malformed file is a ConfigError."""
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"--config: file {path} does not exist") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from exc
+for _cls in (PeerConfig, SimConfig, LaunchConfig):
+    ALL_SECTIONS.update({name: f.annotation for name, f in _cls.model_fields.items()})
+
+__all__ = [
+    "AlgorithmSection", "AttackSection", "Config", "ConfigError", "DataSection", "ENGINES",
+    "GossipSection", "GraphSection", "LaunchConfig", "LaunchSection", "MixingSection",
+    "ModelSection", "PeerConfig", "PeerSection", "RunSection", "SimConfig", "SimSection",
+    "learner_for",
+]
 
 
-def load_peer_config(path: str | Path) -> dict[str, Any]:
-    """The raw TOML table of ``path`` (parse with :func:`parse_peer_config`)."""
-    try:
-        return read_toml(path)
-    except ConfigError as exc:
-        raise PeerConfigError(str(exc)) from exc
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(value)
-
-
-def dump_peer_config(config: PeerConfig) -> str:
-    """TOML text that :func:`load_peer_config` reads back into an equal config."""
-    raw = config.to_dict()
-    lines = [f"{k} = {_toml_value(v)}" for k, v in raw.items()
-             if k not in _SECTIONS and k != "neighbours"]
-    lines.append("\n[neighbours]")
-    lines += [f'"{k}" = {_toml_value(v)}' for k, v in raw["neighbours"].items()]
-    for name in _SECTIONS:
-        lines.append(f"\n[{name}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in raw[name].items() if v is not None]
-    return "\n".join(lines) + "\n"
+def learner_for(config: PeerConfig | SimConfig | LaunchConfig, node_id: int, *, data: Dataset,
+                shard: Any, attack: Attack | None = None, device: str = "cpu") -> Learner:
+    """Peer ``node_id``'s Learner from the [model], [algorithm], [mixing] and [run] sections:
+    the one place where the simulator and the real peer turn settings into a learner, which is
+    what keeps their runs equal number for number."""
+    return make_learner(
+        node_id, data=data, shard=shard, model=config.model.name, hidden=config.model.hidden,
+        train=config.algorithm.train_config(), algorithm=config.algorithm.resolve(),
+        seed=config.run.seed, mixing=config.mixing.name, mixing_options=config.mixing.options(),
+        init=config.mixing.init, attack=attack, device=device)

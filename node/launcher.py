@@ -22,37 +22,13 @@ from typing import Any
 import numpy as np
 
 from node.config import (
-    AlgorithmSection,
-    AttackSection,
-    DataSection,
-    GossipSection,
-    ModelSection,
+    LaunchConfig,
     PeerConfig,
-    dump_peer_config,
 )
 from node.learning.attacks import choose_adversaries
 from node.learning.seeding import derive_seed
-from sim.config import SimConfig
-from sim.engine import build_topology
-from sim.report import format_table
-
-
-@dataclass
-class LaunchSettings(SimConfig):
-    """The simulator's settings (same names, same meaning) plus what real processes need."""
-
-    nodes: int = 8
-    rounds: int = 20
-    out: str = "runs/launch"
-    codec: str = "f32"
-    deadline_floor_s: float = 2.0
-    deadline_ceiling_s: float = 10.0
-    startup_timeout_s: float = 120.0
-    kill_fraction: float = 0.0
-    kill_at_round: int = 0
-    restart_after: float | None = None
-    timeout: float = 1800.0
-    quiet: bool = False
+from node.schema import dump_toml
+from node.text import format_table
 
 
 def free_ports(count: int) -> list[int]:
@@ -69,57 +45,12 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def peer_configs(s: LaunchSettings, addresses: list[tuple[str, int]], run_dir: Path,
-                 listen_host: str | None = None) -> list[PeerConfig]:
-    """One config per peer: id, address, neighbours from the topology, shard, algorithm, mixing
-    rule, and the attack of the peers chosen as adversaries (the simulator's choice)."""
-    topo = build_topology(s)
-    if topo.time_varying:
-        raise ValueError(f"--topology {s.topology} changes every round; real peers need a "
-                         "static graph")
-    if s.phi is not None:
-        raise ValueError("--sybils/--phi: Sybil identities exist in the simulator only (one "
-                         "process would have to answer for many ids); use --adversaries K")
-    graph = topo.graph_at(0)
-    adversaries = choose_adversaries(s.nodes, s.adversaries, derive_seed(s.seed, "adversaries")) \
-        if s.attack else []
-    mixing = s.mixing_section()
-    configs = []
-    for i in range(s.nodes):
-        host, port = addresses[i]
-        folder = run_dir / f"peer{i}"
-        configs.append(PeerConfig(
-            id=i, listen=f"{listen_host or host}:{port}", seed=s.seed, rounds=s.rounds,
-            eval_every=s.eval_every,
-            state_dir=str(folder), log_file=str(folder / "log.jsonl"), threads=s.threads,
-            neighbours={j: f"http://{addresses[j][0]}:{addresses[j][1]}"
-                        for j in sorted(graph.neighbors(i))},
-            data=DataSection(dataset=s.dataset, partition=s.partition, alpha=s.alpha, shard=i,
-                             num_shards=s.nodes, test_fraction=s.test_fraction,
-                             classes_per_node=s.classes_per_node,
-                             synthetic_alpha=s.synthetic_alpha,
-                             synthetic_beta=s.synthetic_beta),
-            model=ModelSection(name=s.model, hidden=s.hidden),
-            algorithm=AlgorithmSection(name=s.algorithm, local_steps=s.local_steps,
-                                       gossip_steps=s.gossip_steps, rho=s.rho, lr=s.lr,
-                                       lr_decay=s.lr_decay, momentum=s.momentum,
-                                       dampening=s.dampening, weight_decay=s.weight_decay,
-                                       batch_size=s.batch_size, final_merge=s.final_merge),
-            gossip=GossipSection(codec=s.codec, deadline_floor_s=s.deadline_floor_s,
-                                 deadline_ceiling_s=s.deadline_ceiling_s,
-                                 startup_timeout_s=s.startup_timeout_s),
-            mixing=mixing,
-            attack=AttackSection(kind=s.attack, scale=s.attack_scale) if i in adversaries
-            else AttackSection()))
-    return configs
-
-
 def write_configs(configs: list[PeerConfig], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for config in configs:
-        path = folder / f"peer{config.id}.toml"
-        path.write_text(dump_peer_config(config))
+        path = folder / f"peer{config.peer.id}.toml"
+        path.write_text(dump_toml(config))
         paths.append(path)
     return paths
 
@@ -141,12 +72,12 @@ def read_hosts(path: str | Path, count: int) -> list[tuple[str, int]]:
     return addresses
 
 
-def emit_configs(s: LaunchSettings, folder: str | Path, hosts_file: str | Path) -> list[Path]:
-    """Per-peer configs for a deployment across machines; starts nothing."""
-    addresses = read_hosts(hosts_file, s.nodes)
-    configs = peer_configs(s, addresses, Path("state"), listen_host="0.0.0.0")
-    for c in configs:  # paths relative to where each peer runs
-        c.state_dir, c.log_file = f"state/peer{c.id}", f"state/peer{c.id}/log.jsonl"
+def emit_configs(s: LaunchConfig, folder: str | Path, hosts_file: str | Path) -> list[Path]:
+    """Per-peer configs for a deployment across machines; starts nothing. Each peer listens on
+    the address the hosts file gives it (where its neighbours will reach it), and its state
+    folder and log are relative to where it runs."""
+    addresses = read_hosts(hosts_file, s.graph.nodes)
+    configs = s.peer_configs(addresses, Path("state"))
     return write_configs(configs, Path(folder))
 
 
@@ -160,6 +91,7 @@ class PeerProcess:
     rounds: dict[int, float | None] = field(default_factory=dict)  # round -> accuracy
     killed_at: float | None = None
     restarts: int = 0
+    serving: bool = False  # the process logged that it listens
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -186,6 +118,8 @@ class PeerProcess:
             event = json.loads(line)
             if event["event"] == "round":
                 self.rounds[event["round"]] = event["accuracy"]
+            elif event["event"] in ("listening", "resumed"):
+                self.serving = True
 
     @property
     def completed(self) -> int:
@@ -207,13 +141,20 @@ def stop_all(peers: list[PeerProcess], grace: float = 5.0) -> None:
                 p.proc.wait()
 
 
-def _progress_line(peers: list[PeerProcess], total: int) -> str:
+def progress_text(peers: list[PeerProcess], total: int) -> str:
+    """The live line: how many processes serve yet, then rounds done by the slowest and the
+    fastest peer, and the mean accuracy of the peers' latest rounds."""
+    serving = sum(p.serving and p.running for p in peers)
+    if not any(p.rounds for p in peers):
+        return f"starting: {serving}/{len(peers)} peers serving, no round done yet"
     done = [p.completed for p in peers]
     latest = [p.rounds[p.completed] for p in peers if p.completed and
               p.rounds[p.completed] is not None]
     acc = f"{np.mean(latest):.3f}" if latest else "-"
-    return (f"round {min(done)}-{max(done)}/{total}  mean acc {acc}  "
-            f"live peers {sum(p.running for p in peers)}/{len(peers)}")
+    span = f"{min(done)}" if min(done) == max(done) else \
+        f"{min(done)} (slowest) to {max(done)} (fastest)"
+    return (f"rounds done {span} of {total}  mean acc {acc}  "
+            f"peers serving {serving}/{len(peers)}")
 
 
 class ProgressLine:
@@ -247,73 +188,90 @@ def clear_previous_run(run_dir: Path) -> None:
     print(f"cleared the earlier run in {run_dir}", file=sys.stderr)
 
 
-def launch(s: LaunchSettings) -> dict[str, Any]:
-    """Run the whole experiment; returns (and writes) the summary."""
+def choose_victims(s: LaunchConfig) -> list[int]:
+    """The peers the churn kills (sorted), drawn with the run seed."""
+    nodes, fraction = s.graph.nodes, s.launch.kill_fraction
+    if fraction <= 0:
+        return []
+    rng = np.random.default_rng(derive_seed(s.run.seed, "churn"))
+    return sorted(rng.choice(nodes, size=int(round(fraction * nodes)), replace=False).tolist())
+
+
+def launch(s: LaunchConfig) -> dict[str, Any]:
+    """Run the whole experiment; returns (and writes) the summary. Ctrl-C (or SIGTERM) stops
+    every peer and still writes the summary, the table's data and the plot of what was done,
+    marked ``interrupted``."""
     run_dir = Path(s.out)
     clear_previous_run(run_dir)
-    addresses = [("127.0.0.1", port) for port in free_ports(s.nodes)]
-    configs = peer_configs(s, addresses, run_dir)
+    addresses = [("127.0.0.1", port) for port in free_ports(s.graph.nodes)]
+    configs = s.peer_configs(addresses, run_dir)
     paths = write_configs(configs, run_dir)
-    peers = [PeerProcess(path, Path(c.log_file), Path(c.state_dir))
+    peers = [PeerProcess(path, Path(c.peer.log_file), Path(c.peer.state_dir))
              for path, c in zip(paths, configs)]
-    rng = np.random.default_rng(derive_seed(s.seed, "churn"))
-    victims = sorted(rng.choice(s.nodes, size=int(round(s.kill_fraction * s.nodes)),
-                                replace=False).tolist()) if s.kill_fraction > 0 else []
+    victims = choose_victims(s)
+    churn = s.launch
     churn_done = not victims
+    quiet = s.run.quiet
     progress = ProgressLine()
     started = time.monotonic()
+    interrupted = False
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
         for p in peers:
             p.start()
         while any(p.running for p in peers) or any(
-                p.killed_at is not None and s.restart_after is not None for p in peers):
-            if time.monotonic() - started > s.timeout:
-                raise TimeoutError(f"run exceeded --timeout {s.timeout}s")
+                p.killed_at is not None and churn.restart_after is not None for p in peers):
+            if time.monotonic() - started > churn.timeout:
+                raise TimeoutError(f"run exceeded --timeout {churn.timeout}s")
             for p in peers:
                 p.read_log()
-            if not churn_done and min(p.completed for p in peers) >= s.kill_at_round:
+            if not churn_done and min(p.completed for p in peers) >= churn.kill_at_round:
                 for i in victims:
                     peers[i].proc.kill()
                     peers[i].proc.wait()
                     peers[i].killed_at = time.monotonic()
+                    peers[i].serving = False
                 churn_done = True
-                if not s.quiet:
-                    print(f"\nkilled peers {victims} (SIGKILL) at round {s.kill_at_round}",
+                if not quiet:
+                    print(f"\nkilled peers {victims} (SIGKILL) at round {churn.kill_at_round}",
                           file=sys.stderr)
             for p in peers:
-                if p.killed_at is not None and s.restart_after is not None and \
-                        time.monotonic() - p.killed_at >= s.restart_after:
+                if p.killed_at is not None and churn.restart_after is not None and \
+                        time.monotonic() - p.killed_at >= churn.restart_after:
                     p.killed_at, p.restarts = None, p.restarts + 1
                     p.start()
-            if not s.quiet:
-                progress.show(_progress_line(peers, s.rounds), time.monotonic() - started)
+            if not quiet:
+                progress.show(progress_text(peers, s.run.rounds), time.monotonic() - started)
             time.sleep(0.2)
-        for p in peers:
-            p.read_log()
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         stop_all(peers)
         signal.signal(signal.SIGTERM, previous)
-    if not s.quiet:
+    for p in peers:
+        p.read_log()
+    if not quiet:
         print(file=sys.stderr)
-    return summarise(s, peers, run_dir, time.monotonic() - started, victims)
+    return summarise(s, peers, run_dir, time.monotonic() - started, victims,
+                     interrupted=interrupted)
 
 
-def summarise(s: LaunchSettings, peers: list[PeerProcess], run_dir: Path, wall: float,
-              victims: list[int]) -> dict[str, Any]:
+def summarise(s: LaunchConfig, peers: list[PeerProcess], run_dir: Path, wall: float,
+              victims: list[int], *, interrupted: bool = False) -> dict[str, Any]:
     finals = {}
     for i, p in enumerate(peers):
         path = p.state_dir / "final.json"
         finals[i] = json.loads(path.read_text()) if path.exists() else None
-    adversaries = choose_adversaries(s.nodes, s.adversaries, derive_seed(s.seed, "adversaries")) \
-        if s.attack else []
+    nodes, seed = s.graph.nodes, s.run.seed
+    adversaries = choose_adversaries(nodes, s.attack.adversaries,
+                                     derive_seed(seed, "adversaries")) if s.attack.kind else []
     honest = {i: f for i, f in finals.items() if i not in adversaries}
     merged = [f["merged_accuracy"] for f in honest.values() if f and f["merged_accuracy"]
               is not None]
     accs = [f["accuracy"] for f in honest.values() if f and f["accuracy"] is not None]
     summary = {
-        "seed": s.seed, "settings": s.to_dict(), "wall_s": round(wall, 2), "killed": victims,
-        "adversaries": adversaries,
+        "seed": seed, "config": s.to_dict(), "wall_s": round(wall, 2), "killed": victims,
+        "interrupted": interrupted, "adversaries": adversaries,
         "mean_acc": float(np.mean(accs)) if accs else None,
         "merged_acc": float(np.mean(merged)) if merged else None,
         "peers": {str(i): {
@@ -326,6 +284,7 @@ def summarise(s: LaunchSettings, peers: list[PeerProcess], run_dir: Path, wall: 
         "rounds_by_peer": {str(i): {str(r): a for r, a in sorted(p.rounds.items())}
                            for i, p in enumerate(peers)},
     }
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     plot_launch(summary, run_dir / "accuracy.png")
     return summary
@@ -340,9 +299,11 @@ def summary_table(summary: dict[str, Any]) -> str:
                           "restarts"], rows)
     mean = summary["mean_acc"]
     merged = summary["merged_acc"]
+    note = "\nINTERRUPTED: the figures are those of the rounds done before Ctrl-C" \
+        if summary.get("interrupted") else ""
     return (table + f"\n\nmean peer accuracy {mean if mean is None else round(mean, 4)}, "
             f"merged accuracy {merged if merged is None else round(merged, 4)}, "
-            f"wall time {summary['wall_s']} s")
+            f"wall time {summary['wall_s']} s{note}")
 
 
 def plot_launch(summary: dict[str, Any], path: Path) -> None:
@@ -366,9 +327,11 @@ def plot_launch(summary: dict[str, Any], path: Path) -> None:
     if summary["merged_acc"] is not None:
         ax.axhline(summary["merged_acc"], color="tab:red", linestyle="--",
                    label="after the final merge")
-    s = summary["settings"]
+    c = summary["config"]
+    note = " (interrupted)" if summary.get("interrupted") else ""
     ax.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1),
-           title=f"{s['nodes']} peer processes, {s['algorithm']} on {s['topology']}")
+           title=f"{c['graph']['nodes']} peer processes, {c['algorithm']['name']} on "
+                 f"{c['graph']['topology']}{note}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()

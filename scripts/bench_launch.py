@@ -20,25 +20,26 @@ import time
 from pathlib import Path
 
 from gossip import InMemoryHub
-from node.launcher import LaunchSettings, launch, peer_configs
+from node.config import LaunchConfig
+from node.launcher import launch
 from node.learning import load_digits
 from node.peer import JsonLog, Peer, rss_megabytes
-from sim import format_table
+from node.text import format_table
 
 
-def settings(n: int, rounds: int, out: str) -> LaunchSettings:
+def settings(n: int, rounds: int, out: str) -> LaunchConfig:
     shard = 1797 * 0.8 / n
-    return LaunchSettings(
+    return LaunchConfig.of(
         nodes=n, topology="ring", algorithm="dfedavg", rounds=rounds,
         local_steps=math.ceil(shard / 32), partition="iid", test_fraction=0.2, hidden=32,
         lr=0.1, lr_decay=1.0, momentum=0.0, weight_decay=0.0, batch_size=32, quiet=True,
         out=out, seed=0)
 
 
-def processes(s: LaunchSettings) -> dict:
+def processes(s: LaunchConfig) -> dict:
     summary = launch(s)
     round_times = []
-    for i in range(s.nodes):
+    for i in range(s.graph.nodes):
         for line in (Path(s.out) / f"peer{i}" / "log.jsonl").read_text().splitlines():
             event = json.loads(line)
             if event["event"] == "round":
@@ -49,13 +50,14 @@ def processes(s: LaunchSettings) -> dict:
             "mean_acc": summary["mean_acc"], "merged_acc": summary["merged_acc"]}
 
 
-async def in_memory(s: LaunchSettings) -> dict:
-    data = load_digits(s.test_fraction)
+async def in_memory(s: LaunchConfig) -> dict:
+    data = load_digits(s.data.test_fraction)
     hub = InMemoryHub()
-    streams = [io.StringIO() for _ in range(s.nodes)]
-    configs = peer_configs(s, [("127.0.0.1", 0)] * s.nodes, Path(s.out))
+    streams = [io.StringIO() for _ in range(s.graph.nodes)]
+    configs = s.peer_configs([("127.0.0.1", 0)] * s.graph.nodes, Path(s.out))
     start = time.perf_counter()
-    peers = [Peer(c, transport=hub.transport(c.id), data=data, log=JsonLog(c.id, stream=st))
+    peers = [Peer(c, transport=hub.transport(c.peer.id), data=data,
+                  log=JsonLog(c.peer.id, stream=st))
              for c, st in zip(configs, streams)]
     for p in peers:
         await p.start()
@@ -64,7 +66,7 @@ async def in_memory(s: LaunchSettings) -> dict:
     round_times = [json.loads(line)["round_s"] for st in streams
                    for line in st.getvalue().splitlines() if '"event": "round"' in line]
     return {"wall_s": round(wall, 2), "median_round_s": statistics.median(round_times),
-            "rss_mb_per_peer": rss_megabytes() / s.nodes,
+            "rss_mb_per_peer": rss_megabytes() / s.graph.nodes,
             "mean_acc": statistics.mean(x["accuracy"] for x in summaries),
             "merged_acc": statistics.mean(x["merged_accuracy"] for x in summaries)}
 

@@ -42,7 +42,7 @@ def compute_bound(sim: Simulation, repeats: int) -> float:
     idx = torch.randint(0, len(y), (samples,), generator=torch.Generator().manual_seed(0))
     xb, yb = x[idx], y[idx]
     data_in, classes = x.shape[1], int(y.max()) + 1
-    model = build_model("mlp", data_in, max(classes, 10), seed=0)
+    model = build_model("mlp", in_features=data_in, num_classes=max(classes, 10), seed=0)
     steps = sim.algorithm.local_steps
 
     def once():
@@ -65,7 +65,7 @@ def round_seconds(sim: Simulation, repeats: int) -> float:
 
 
 def config_for(n: int, engine: str, dataset: str, rounds: int = 1) -> SimConfig:
-    return SimConfig(nodes=n, topology="random-regular", degree=4, algorithm="dfedavg",
+    return SimConfig.of(nodes=n, topology="random-regular", degree=4, algorithm="dfedavg",
                      rounds=rounds, dataset=dataset, partition="iid", seed=0, engine=engine,
                      eval_every=rounds, final_merge=False)
 

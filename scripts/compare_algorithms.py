@@ -29,11 +29,12 @@ ARMS = {  # label -> algorithm settings
 
 
 def run_arm(settings: dict, seed: int, args) -> tuple[dict, list[dict]]:
-    config = SimConfig(nodes=args.nodes, topology="ring", partition="dirichlet", alpha=args.alpha,
-                       rounds=args.rounds, local_steps=None if settings["algorithm"] == "dsgd"
-                       else args.local_steps, rho=None if settings["algorithm"] in
-                       ("dsgd", "dfedavg") else args.rho, seed=seed, eval_every=args.eval_every,
-                       **{k: v for k, v in settings.items()})
+    algorithm = settings["algorithm"]
+    config = SimConfig.of(
+        nodes=args.nodes, topology="ring", partition="dirichlet", alpha=args.alpha,
+        rounds=args.rounds, local_steps=None if algorithm == "dsgd" else args.local_steps,
+        rho=None if algorithm in ("dsgd", "dfedavg") else args.rho, seed=seed,
+        eval_every=args.eval_every, **settings)
     curve = Recorder()
     summary = Simulation.from_config(config, [curve]).run()
     return summary, curve.rows

@@ -5,66 +5,55 @@ Examples:
   python scripts/launch.py --nodes 16 --topology random-regular --kill-fraction 0.25 \\
       --kill-at-round 10 --restart-after 5 --out runs/churn
   python scripts/launch.py --nodes 8 --emit-configs deploy/ --hosts hosts.txt
+
+Every setting comes from the schema (node.config.LaunchConfig): a --config TOML file with the
+sections below, overridden by flags. Simulator-only settings (--engine, --sybils, --phi,
+--data-fraction) are not offered: real processes cannot run them.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from dataclasses import fields
+from pathlib import Path
 
-from node.launcher import LaunchSettings, emit_configs, launch, summary_table
-from sim.cli import validate
-from sim.config import ConfigError
+from node.config import LaunchConfig
+from node.launcher import emit_configs, launch, summary_table
+from node.schema import (
+    ConfigError,
+    SettingsParser,
+    add_settings,
+    config_from_command_line,
+    read_toml,
+)
+
+NON_SETTINGS = ("--config", "--emit-configs", "--hosts")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = LaunchSettings()
-    helps = {
-        "nodes": "number of peer processes", "topology": "graph builder (as in python -m sim)",
-        "graph": "edge list or .json graph file instead of --topology",
-        "kill_fraction": "fraction of peers to SIGKILL (churn)",
-        "kill_at_round": "kill once every peer completed this round",
-        "restart_after": "restart killed peers after this many seconds (they resume from "
-                         "their checkpoints)",
-        "timeout": "give up (and stop every peer) after this many seconds",
-        "out": "run folder: peer configs, states, logs, summary.json, accuracy.png",
-        "final_merge": "end with the global merge (true/false)",
-    }
-    for f in fields(LaunchSettings):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(d, f.name)
-        if f.name == "quiet":
-            p.add_argument(flag, action="store_true", help="no progress line and no table")
-            continue
-        kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-        if isinstance(default, bool):
-            kind = lambda v: v.lower() in ("1", "true", "yes")  # noqa: E731
-        p.add_argument(flag, type=kind, default=default,
-                       help=f"{helps.get(f.name, '')} (default {default})".strip())
+def build_parser() -> tuple[SettingsParser, dict[str, tuple[str, str]]]:
+    doc = __doc__.split("\n\n")
+    p = SettingsParser("scripts/launch.py", doc[0], "\n\n".join(doc[1:]))
+    p.add_argument("--config", metavar="FILE", help="TOML file with any of the settings below")
     p.add_argument("--emit-configs", metavar="DIR", help="write per-peer configs for a "
                    "deployment over several machines (needs --hosts) and start nothing")
     p.add_argument("--hosts", metavar="FILE", help="HOST or HOST:PORT per line, one per peer "
-                   "(reused round-robin)")
-    return p
+                   "(reused round-robin); each peer listens on its own line's address")
+    return p, add_settings(p, LaunchConfig)
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    parser, dests = build_parser()
     args = vars(parser.parse_args(argv))
-    emit, hosts = args.pop("emit_configs"), args.pop("hosts")
-    settings = LaunchSettings(**args)
+    path, emit, hosts = args.pop("config", None), args.pop("emit_configs", None), \
+        args.pop("hosts", None)
     try:
-        validate(settings)
+        table = read_toml(path) if path else {}
     except ConfigError as exc:
         parser.error(str(exc))
+    settings = config_from_command_line(LaunchConfig, parser, dests, args, table, path or "")
+    if emit and not hosts:
+        parser.error("--emit-configs needs --hosts FILE")
     try:
         if emit:
-            if not hosts:
-                parser.error("--emit-configs needs --hosts FILE")
             paths = emit_configs(settings, emit, hosts)
             print(f"wrote {len(paths)} peer configs to {emit}; on each machine run: "
                   f"python -m node --config peerI.toml")
@@ -73,14 +62,14 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as exc:
         print(f"launch.py: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: every peer process was stopped", file=sys.stderr)
-        return 130
-    if not settings.quiet:
+    if not settings.run.quiet:
         print(summary_table(summary))
-        print(f"\nplot: {settings.out}/accuracy.png   summary: {settings.out}/summary.json")
-    print(json.dumps({"mean_acc": summary["mean_acc"], "merged_acc": summary["merged_acc"],
-                      "wall_s": summary["wall_s"], "nodes": settings.nodes}))
+        print(f"\nplot: {Path(settings.out) / 'accuracy.png'}   summary: "
+              f"{Path(settings.out) / 'summary.json'}")
+    if summary["interrupted"]:
+        print("interrupted: every peer process was stopped; summary.json says what was done",
+              file=sys.stderr)
+        return 130
     finished = all(p["finished"] for p in summary["peers"].values())
     return 0 if finished else 1
 

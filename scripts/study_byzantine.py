@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -66,14 +65,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     runner = SeedRunner(args.seeds, args.quiet)
-    base = SimConfig(nodes=args.nodes, topology="random-regular", degree=4, model="logreg",
+    base = SimConfig.of(nodes=args.nodes, topology="random-regular", degree=4, model="logreg",
                      algorithm="dfedavg", rounds=args.rounds, eval_every=5, final_merge=False)
     clean = runner.run("no attack, plain gossip", base)
     curves = {"no attack": [rows for _, rows, _ in clean]}
     finals: dict = {}
     for attack, (kind, scale) in ATTACKS.items():
         for label, settings in ARMS.items():
-            config = replace(base, attack=kind, attack_scale=scale,
+            config = base.updated(attack=kind, attack_scale=scale,
                              adversaries=args.adversaries, **settings)
             runs = runner.run(f"{kind}, {label}", config)
             curves[(attack, label)] = [rows for _, rows, _ in runs]

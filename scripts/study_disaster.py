@@ -1,4 +1,5 @@
-"""Disaster study: losing data holders vs losing relays, at random vs the hubs (spec section 6).
+"""Disaster study: losing data holders vs losing relays, at random vs the hubs (docs/algorithms.md
+§6).
 
 Palmieri et al. (ICT-DM 2023) found that on a Barabasi-Albert graph, decentralized learning
 suffers more from losing connectivity than from losing data. Here: a BA graph (m=2), half of the
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -75,12 +75,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     fractions = [float(v) for v in args.fractions.split(",")]
-    base = SimConfig(nodes=args.nodes, topology="barabasi-albert", attach=2, data_fraction=0.5,
+    base = SimConfig.of(nodes=args.nodes, topology="barabasi-albert", attach=2, data_fraction=0.5,
                      model="logreg", algorithm="dfedavg", rounds=args.rounds,
                      partition="iid", final_merge=False, engine=args.engine)
     baseline, before = [], []
     for seed in range(args.seeds):
-        rows = run(replace(base, seed=seed), [])
+        rows = run(base.updated(seed=seed), [])
         baseline.append(rows[-1]["mean_acc"])
         before.append(rows[args.disrupt_at - 1]["mean_acc"])
     results = {}
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
             for seed in range(args.seeds):
                 event = Event("crash", round=args.disrupt_at, fraction=f, select=select,
                               among=among)
-                last = run(replace(base, seed=seed), [event])[-1]
+                last = run(base.updated(seed=seed), [event])[-1]
                 found["final"].append(last["mean_acc"])
                 found["largest"].append(last["largest_component"])
                 found["components"].append(last["components"])

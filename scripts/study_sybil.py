@@ -1,7 +1,7 @@
 """One Sybil adversary against average, local FoolsGold, SybilWall, median and Krum.
 
-The setting of spec section 4.8: honest peers on a random geometric graph with degrees capped at
-5, digits split Dirichlet(0.1), softmax regression, DFedAvg; one adversary runs a targeted label
+The setting of docs/algorithms.md §4.8: honest peers on a random geometric graph with degrees capped
+at 5, digits split Dirichlet(0.1), softmax regression, DFedAvg; one adversary runs a targeted label
 flip (0 <-> 1, holding every 0 and 1 of the training set) and speaks through S Sybil identities
 attached by the spread rule with phi attack edges per honest peer. Part 1 sweeps phi in
 {0.5, 1, 2} (default identity count: clusters of 7); part 2 fixes phi = 1 and sweeps S. Reports
@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from node.learning import Attack
+from node.learning import make_attack
 from sim import SimConfig, format_table, write_results_section
 from sim.study import SeedRunner, markdown_table, mean_std, study_parser
 
@@ -29,7 +28,7 @@ RULES = ("average", "foolsgold", "sybilwall", "median", "krum")
 
 
 def base_config(args) -> SimConfig:
-    return SimConfig(nodes=args.nodes, topology="random-geometric", radius=args.radius,
+    return SimConfig.of(nodes=args.nodes, topology="random-geometric", radius=args.radius,
                      max_degree=5, model="logreg", partition="dirichlet", alpha=args.alpha,
                      algorithm="dfedavg", rounds=args.rounds, eval_every=args.rounds,
                      final_merge=False, attack="label-flip")
@@ -50,7 +49,7 @@ class FlipProbe:
         pass
 
     def on_end(self, summary) -> None:
-        probe = Attack("label-flip")
+        probe = make_attack("label-flip")
         self.value = float(np.mean([probe.success(self.sim.learners[i].model, self.sim.x_test,
                                                   self.sim.y_test) for i in self.sim.honest]))
 
@@ -106,22 +105,22 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     runner = SeedRunner(args.seeds, args.quiet)
     base = base_config(args)
-    baseline = summarise(runner.run("no attack, average", replace(base, attack=None),
+    baseline = summarise(runner.run("no attack, average", base.updated(attack=None),
                                     lambda: [FlipProbe()]))
     baseline_wall = summarise(runner.run("no attack, sybilwall",
-                                         replace(base, attack=None, mixing="sybilwall"),
+                                         base.updated(attack=None, mixing="sybilwall"),
                                          lambda: [FlipProbe()]))
     phis = [float(v) for v in args.phis.split(",")]
     phi_results = {}
     for phi in phis:
         for rule in RULES:
             phi_results[(phi, rule)] = summarise(runner.run(
-                f"phi {phi:g}, {rule}", replace(base, phi=phi, mixing=rule)))
+                f"phi {phi:g}, {rule}", base.updated(phi=phi, mixing=rule)))
     count_results = {}
     for count in (int(v) for v in args.sybil_counts.split(",")):
         for rule in ("average", "sybilwall"):
             count_results[(count, rule)] = summarise(runner.run(
-                f"phi 1, S={count}, {rule}", replace(base, phi=1.0, sybils=count, mixing=rule)))
+                f"phi 1, S={count}, {rule}", base.updated(phi=1.0, sybils=count, mixing=rule)))
     header = ["phi"] + [f"{rule}: attack / clean" for rule in RULES]
     rows = [[f"{phi:g}"] + [f"{mean_std(phi_results[(phi, r)]['attack'], 2)} / "
                             f"{mean_std(phi_results[(phi, r)]['clean'], 2)}" for r in RULES]

@@ -1,6 +1,6 @@
 """Plain vs variance-corrected averaging from independent and from shared initial models.
 
-Tian et al. (2024, spec section 3) observe that averaging uncorrelated models shrinks each
+Tian et al. (2024, docs/algorithms.md §3) observe that averaging uncorrelated models shrinks each
 layer's weight variance by about the number of models averaged, which stalls training on a
 plateau; rescaling each averaged tensor back to the inputs' mean variance removes the plateau.
 Here: 32 peers on a random 4-regular graph, digits, MLP 64-64-10, D-SGD (one minibatch per round,
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     runner = SeedRunner(args.seeds, args.quiet)
     results = {}
     for label, (init, mixing) in ARMS.items():
-        config = SimConfig(nodes=args.nodes, topology="random-regular", degree=4,
+        config = SimConfig.of(nodes=args.nodes, topology="random-regular", degree=4,
                            algorithm="dsgd", rounds=args.rounds, init=init, mixing=mixing,
                            lr=args.lr, final_merge=False)
         results[label] = runner.run(label, config, lambda: [VarianceTrace()])

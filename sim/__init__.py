@@ -1,9 +1,10 @@
 """Many peers in one process on a NetworkX graph: three engines (reference, batched, peers),
 scenario timelines, observers and the command line."""
 
+from node.config import SimConfig
+from node.schema import ConfigError
 from sim.batched import BatchedSimulation, build_simulation
-from sim.config import ConfigError, SimConfig, build_config, load_toml
-from sim.engine import Observer, Simulation, build_topology
+from sim.engine import Observer, Simulation
 from sim.peers import PeerSimulation
 from sim.report import (
     MetricsWriter,
@@ -17,7 +18,7 @@ from sim.scenario import EVENT_KINDS, Event, load_scenario
 
 __all__ = [
     "EVENT_KINDS", "BatchedSimulation", "ConfigError", "Event", "MetricsWriter", "Observer",
-    "PeerSimulation", "ProgressBar", "Recorder", "SimConfig", "Simulation", "build_config",
-    "build_simulation", "build_topology", "format_table", "load_scenario", "load_toml",
+    "PeerSimulation", "ProgressBar", "Recorder", "SimConfig", "Simulation",
+    "build_simulation", "format_table", "load_scenario",
     "summary_table", "write_results_section",
 ]

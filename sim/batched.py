@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from gossip import encoded_size
+from node.config import SimConfig
 from node.learning.training import sgd_step
-from sim.config import SimConfig
 from sim.engine import Observer, Simulation
 from sim.scenario import Event
 
@@ -38,10 +38,10 @@ EVAL_CHUNK = 256  # peers evaluated per vmapped forward pass (bounds the activat
 
 def batched_refusal(config: SimConfig) -> str | None:
     """Why the batched engine cannot run ``config``, or None when it can."""
-    if config.mixing != "average":
-        return (f"--mixing {config.mixing} keeps per-peer state or per-peer control flow; "
+    if config.mixing.name != "average":
+        return (f"--mixing {config.mixing.name} keeps per-peer state or per-peer control flow; "
                 "the batched engine mixes by a sparse matrix product (average only)")
-    if config.attack:
+    if config.attack.kind is not None:
         return "--attack needs per-peer behaviour; use --engine reference"
     return None
 
@@ -136,7 +136,8 @@ class BatchedSimulation(Simulation):
         return grad, losses.detach()
 
     def local_updates(self, round_index: int) -> dict[int, float]:
-        """K SGD/SAM steps for every alive data holder at once (spec 2.1, node.learning)."""
+        """K SGD/SAM steps for every alive data holder at once (docs/algorithms.md §2.1,
+        node.learning)."""
         peers = sorted(i for i in self.alive if self.learners[i].trainer.sampler is not None)
         losses = {i: float("nan") for i in self.alive if i not in peers}
         if not peers:
@@ -156,7 +157,8 @@ class BatchedSimulation(Simulation):
                 grad, _ = self._gradients(X + grad * (cfg.rho / (norms + 1e-12)), xb, yb, mask)
             total += loss.to(torch.float64)
             with torch.no_grad():
-                sgd_step(X, grad, M, lr, cfg.momentum, cfg.weight_decay, cfg.dampening)
+                sgd_step(X, grad, M, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                         dampening=cfg.dampening)
         if not everyone:
             self.X.index_copy_(0, index, X)
             self.M.index_copy_(0, index, M)
@@ -223,4 +225,4 @@ def build_simulation(config: SimConfig, observers: Iterable[Observer] = (),
     from sim.peers import PeerSimulation
 
     engines = {"reference": Simulation, "batched": BatchedSimulation, "peers": PeerSimulation}
-    return engines[config.engine].from_config(config, observers, events)
+    return engines[config.sim.engine].from_config(config, observers, events)

@@ -1,17 +1,17 @@
 """The in-process reference engine: n ``Learner`` objects on a graph, synchronous rounds.
 
-Each round (adapt-then-combine, spec 0.6): every alive peer runs its local update, then the
-network performs Q gossip steps. A gossip step is a real exchange: every alive peer sends its
-current vector to each alive neighbour (counted in ``messages`` and ``bytes_sent``), and every peer
-mixes what it received with ``Learner.mixed`` -- the function the networked peer calls, with the
-peer's own mixing rule. After the round, rules that gossip histories (SybilWall) send one record
+Each round (adapt-then-combine, docs/algorithms.md §0.6): every alive peer runs its local update,
+then the network performs Q gossip steps. A gossip step is a real exchange: every alive peer sends
+its current vector to each alive neighbour (counted in ``messages`` and ``bytes_sent``), and every
+peer mixes what it received with ``Learner.mixed`` -- the function the networked peer calls, with
+the peer's own mixing rule. After the round, rules that gossip histories (SybilWall) send one record
 per edge. Reporting goes through observers; the engine itself prints nothing.
 
 Adversaries (``--attack``) are learners too. ``--adversaries K`` makes K graph nodes adversarial;
 ``--sybils S --phi PHI`` adds S Sybil identities to the honest graph by the spread rule, all owned
-by one adversary learner that sends the same model from every identity (spec 4.6). ``owner`` maps
-each graph node to the learner that speaks for it. Accuracy, consensus and the merge are measured
-over honest peers only; ``attack_success`` is the mean over honest peers.
+by one adversary learner that sends the same model from every identity (docs/algorithms.md §4.6).
+``owner`` maps each graph node to the learner that speaks for it. Accuracy, consensus and the merge
+are measured over honest peers only; ``attack_success`` is the mean over honest peers.
 """
 
 from __future__ import annotations
@@ -27,28 +27,22 @@ import torch
 
 from gossip import encoded_size
 from mixing import component_average, consensus_distance
+from node.config import SimConfig, learner_for
 from node.learning import (
     Attack,
     Dataset,
     Learner,
-    TrainConfig,
     accuracy,
     choose_adversaries,
     derive_seed,
     load_dataset,
-    make_learner,
     partition,
-    resolve_algorithm,
 )
-from sim.config import SimConfig
-from sim.scenario import Event, Timeline, in_disc
+from sim.scenario import EVENT_KINDS, Event, Timeline
 from topology import (
     Topology,
     alive_components,
     attach_sybils,
-    cap_degree,
-    load_graph,
-    require_connected,
 )
 
 
@@ -64,35 +58,9 @@ class Traffic:
     bytes_sent: int = 0
 
 
-def build_topology(config: SimConfig) -> Topology:
-    """The graph from ``config.graph`` (a file) or the named builder, checked to be connected."""
-    if config.graph:
-        graph = load_graph(config.graph)
-        if graph.number_of_nodes() != config.nodes:
-            raise ValueError(
-                f"--graph: {config.graph} has {graph.number_of_nodes()} nodes but --nodes is "
-                f"{config.nodes}")
-        topology = Topology.from_graph(graph, name=str(config.graph))
-    else:
-        topology = Topology(
-            config.topology, config.nodes, seed=derive_seed(config.seed, "topology"),
-            degree=config.degree, probability=config.probability, attach=config.attach,
-            radius=config.radius)
-    if config.max_degree is not None:
-        if topology.time_varying:
-            raise ValueError("--max-degree: applies to a static graph only")
-        capped = cap_degree(topology.graph_at(0), config.max_degree,
-                            derive_seed(config.seed, "max-degree"))
-        topology = Topology.from_graph(capped, name=f"{topology.name} (degree <= "
-                                                    f"{config.max_degree})")
-    if not topology.time_varying:
-        require_connected(topology.graph_at(0), f"topology {topology.name}")
-    return topology
-
-
 def choose_data_holders(count: int, fraction: float, seed: int) -> list[int]:
     """The peers that hold data (sorted): all, or ``round(fraction * count)`` (at least one)
-    drawn with the seed; the others only relay (spec 6.2)."""
+    drawn with the seed; the others only relay (docs/algorithms.md §6.2)."""
     if fraction >= 1.0:
         return list(range(count))
     size = max(1, round(fraction * count))
@@ -103,18 +71,20 @@ def choose_data_holders(count: int, fraction: float, seed: int) -> list[int]:
 def place_attack(config: SimConfig, topology: Topology) -> tuple[Topology, dict[int, int],
                                                                   list[int]]:
     """Where the adversaries sit: (topology, owner of each graph node, adversary learners)."""
-    owner = {i: i for i in range(config.nodes)}
-    if not config.attack:
+    nodes, attack, seed = config.graph.nodes, config.attack, config.run.seed
+    owner = {i: i for i in range(nodes)}
+    if attack.kind is None:
         return topology, owner, []
-    if config.phi is not None:
+    if attack.phi is not None:
         if topology.time_varying:
-            raise ValueError("--phi: Sybils need a static graph, not a time-varying topology")
-        graph, identities = attach_sybils(topology.graph_at(0), config.phi, config.sybils,
-                                          seed=derive_seed(config.seed, "sybils"))
-        owner.update({v: config.nodes for v in identities})
-        return Topology.from_graph(graph, name=f"{topology.name}+sybils"), owner, [config.nodes]
-    return topology, owner, choose_adversaries(config.nodes, config.adversaries,
-                                               derive_seed(config.seed, "adversaries"))
+            raise ValueError("[attack] phi: Sybils need a static graph, not a time-varying "
+                             "topology")
+        graph, identities = attach_sybils(topology.graph_at(0), attack.phi, attack.sybils,
+                                          seed=derive_seed(seed, "sybils"))
+        owner.update({v: nodes for v in identities})
+        return Topology.from_graph(graph, name=f"{topology.name}+sybils"), owner, [nodes]
+    return topology, owner, choose_adversaries(nodes, attack.adversaries,
+                                               derive_seed(seed, "adversaries"))
 
 
 @dataclass
@@ -135,35 +105,25 @@ class Simulation:
     data_holders: set[int] = field(default_factory=set)
     snapshots: list[dict[str, Any]] = field(default_factory=list)
     dataset: Dataset | None = None
-    _outages: dict[int, list[int]] = field(default_factory=dict)
     _round_graph: nx.Graph | None = None  # the previous round's graph, for the pictures
 
     @classmethod
     def from_config(cls, config: SimConfig, observers: Iterable[Observer] = (),
                     events: Sequence[Event] = ()) -> Simulation:
-        algorithm = resolve_algorithm(config.algorithm, config.local_steps, config.rho,
-                                      config.gossip_steps)
-        topology, owner, adversaries = place_attack(config, build_topology(config))
-        attack = Attack(config.attack, config.attack_scale) if config.attack else None
+        seed = config.run.seed
+        topology, owner, adversaries = place_attack(config, config.graph.build(seed))
+        attack = config.attack.attack()
         count = max(owner.values()) + 1
-        holders = choose_data_holders(count, config.data_fraction, config.seed)
-        data = load_dataset(config.dataset, len(holders), config.seed,
-                            config.synthetic_alpha, config.synthetic_beta, config.test_fraction)
-        shards = partition(data, len(holders), config.partition, config.seed, config.alpha,
-                           config.classes_per_node)
+        holders = choose_data_holders(count, config.graph.data_fraction, seed)
+        data = load_dataset(config.data, num_nodes=len(holders), seed=seed)
+        shards = partition(data, config.data, num_nodes=len(holders), seed=seed)
         parts = [torch.zeros(0, dtype=torch.int64)] * count
         for holder, shard in zip(holders, shards, strict=True):
             parts[holder] = shard
-        train = TrainConfig(lr=config.lr, lr_decay=config.lr_decay, momentum=config.momentum,
-                            dampening=config.dampening, weight_decay=config.weight_decay,
-                            batch_size=config.batch_size)
-        learners = [make_learner(i, data, idx, config.model, train, algorithm, config.seed,
-                                 hidden=config.hidden, mixing=config.mixing,
-                                 mixing_options=config.mixing_section().options(),
-                                 init=config.init,
-                                 attack=attack if i in adversaries else None)
+        learners = [learner_for(config, i, data=data, shard=idx,
+                                attack=attack if i in adversaries else None)
                     for i, idx in enumerate(parts)]
-        timeline = Timeline(list(events), derive_seed(config.seed, "events")) if events else None
+        timeline = Timeline(list(events), derive_seed(seed, "events")) if events else None
         return cls(config, topology, learners, data.x_test, data.y_test, list(observers),
                    alive=set(owner), owner=owner, attack=attack, timeline=timeline,
                    data_holders=set(holders), dataset=data)
@@ -196,7 +156,7 @@ class Simulation:
         each alive neighbour, then all mix at once (nobody sees an already-mixed vector).
 
         A learner with several identities (a Sybil adversary) hears every neighbour of each and
-        weighs them uniformly (it averages plainly, spec 4.6)."""
+        weighs them uniformly (it averages plainly, docs/algorithms.md §4.6)."""
         message_bytes = encoded_size(self.model_size)
         active = self._active()
         sent = {k: self.learners[k].outgoing() for k in active}
@@ -218,8 +178,8 @@ class Simulation:
             self.learners[k].model.load(params)
 
     def share_histories(self, graph: nx.Graph) -> None:
-        """SybilWall's probabilistic gossip (spec 4.5): each alive node may send each alive
-        neighbour one stored history; all records are picked before any is delivered."""
+        """SybilWall's probabilistic gossip (docs/algorithms.md §4.5): each alive node may send each
+        alive neighbour one stored history; all records are picked before any is delivered."""
         outgoing = []
         for v in sorted(self.alive):
             learner = self.learners[self.owner[v]]
@@ -234,7 +194,8 @@ class Simulation:
                                                         record.distance, record.vector)
 
     def merged_models(self, graph: nx.Graph) -> tuple[list[list[int]], dict[int, torch.Tensor]]:
-        """Exact average over each connected component of alive honest peers (spec 5.1)."""
+        """Exact average over each connected component of alive honest peers (docs/algorithms.md
+        §5.1)."""
         components = alive_components(graph.subgraph(self.honest), self.honest)
         vectors = {i: self.learners[i].params for i in self.honest}
         return components, component_average(vectors, components)
@@ -262,10 +223,10 @@ class Simulation:
 
     def component_metrics(self, components: tuple[list[list[int]], list[float]],
                           accs: dict[int, float]) -> dict[str, Any]:
-        """Connectivity after disruptions (spec 6.2), from :meth:`component_accuracies` and the
-        peers' accuracies: components of the alive honest peers on this round's graph, accuracy
-        inside and outside the largest, of each component's merged model, and of isolated peers
-        (no live neighbour)."""
+        """Connectivity after disruptions (docs/algorithms.md §6.2), from
+        :meth:`component_accuracies` and the peers' accuracies: components of the alive honest peers
+        on this round's graph, accuracy inside and outside the largest, of each component's merged
+        model, and of isolated peers (no live neighbour)."""
         groups, merged_accs = components
         largest = groups[0] if groups else []
         outside = [i for c in groups[1:] for i in c]
@@ -324,7 +285,7 @@ class Simulation:
         return components
 
     def run(self) -> dict[str, Any]:
-        cfg = self.config
+        cfg = self.config.run
         for obs in self.observers:
             obs.on_start(self)
         start = time.perf_counter()
@@ -369,39 +330,6 @@ class Simulation:
                 learner.trainer.momentum_buffer.zero_()
             self.alive.add(v)
 
-    def _start_event(self, index: int, e: Event, base: nx.Graph, graph: nx.Graph) -> None:
-        tl = self.timeline
-        roles = {"all": self.alive, "data": self.alive & self.data_holders,
-                 "relays": self.alive - self.data_holders}
-        if e.kind in ("crash", "leave"):
-            if e.nodes is not None:
-                self._check_ids(e, e.nodes)
-                self.take_down(e.nodes)
-            else:
-                self.take_down(tl.select(e, index, sorted(roles[e.among]),
-                                         graph.subgraph(self.alive)))
-        elif e.kind == "rejoin":
-            if e.nodes is not None:
-                self._check_ids(e, e.nodes)
-            back = e.nodes if e.nodes is not None else sorted(set(self.owner) - self.alive)
-            self.bring_back(back, base, fresh=e.state == "fresh")
-        elif e.kind == "regional-outage":
-            self._outages[index] = [v for v in in_disc(base, e.center, e.radius)
-                                    if v in self.alive]
-            self.take_down(self._outages[index])
-        elif e.kind == "battery":
-            rng = tl.rng(index)
-            for v in sorted(roles[e.among]):
-                tl.lifetimes[v] = int(rng.integers(e.lifetime[0], e.lifetime[1] + 1))
-                tl.worked[v] = 0
-        elif e.kind == "partition":
-            tl.cut_edges[index] = tl.partition_edges(base, index)
-
-    def _check_ids(self, e: Event, ids: Sequence[int]) -> None:
-        unknown = sorted(set(ids) - set(self.owner))
-        if unknown:
-            raise ValueError(f"event {e.kind} at round {e.round}: unknown peers {unknown}")
-
     def apply_events(self, t: int, base: nx.Graph) -> nx.Graph:
         """Apply what the timeline says for round ``t``; return this round's graph. Disruptive
         rounds are recorded in ``snapshots`` (graph and alive set before and after) for the
@@ -412,15 +340,13 @@ class Simulation:
             tl.graph_at(base, 0)
         labels = []
         for index, e in enumerate(tl.events):
+            kind = EVENT_KINDS[e.kind]
             if e.round == t:
-                self._start_event(index, e, base, before_graph)
+                if kind.start is not None:
+                    kind.start(self, index, e, base, before_graph)
                 labels.append(e.label)
-            if e.until == t and e.kind == "regional-outage":
-                self.bring_back(self._outages.pop(index, []), base)
-                labels.append("outage ends")
-            if e.until == t and e.kind == "partition":
-                tl.cut_edges.pop(index, None)
-                labels.append("partition heals")
+            if e.until == t and kind.end is not None:
+                labels.append(kind.end(self, index, e, base))
         for v, lifetime in tl.lifetimes.items():
             if v in self.alive and tl.worked[v] >= lifetime:
                 self.take_down([v])
@@ -445,10 +371,10 @@ class Simulation:
         last = rows[-1]
         before = self.peer_accuracies(self.honest)
         summary: dict[str, Any] = {
-            "seed": self.config.seed,
+            "seed": self.config.run.seed,
             "config": self.config.to_dict(),
             "algorithm": vars(self.algorithm),
-            "rounds": self.config.rounds,
+            "rounds": self.config.run.rounds,
             "mean_acc": last["mean_acc"],
             "min_acc": last["min_acc"],
             "max_acc": last["max_acc"],
@@ -458,7 +384,7 @@ class Simulation:
             "messages": self.traffic.messages,
             "model_parameters": self.model_size,
             "wall_s": round(wall, 3),
-            "seconds_per_round": round(wall / max(1, self.config.rounds), 5),
+            "seconds_per_round": round(wall / max(1, self.config.run.rounds), 5),
             "node_accuracy": {str(i): before[i] for i in sorted(before)},
             "node_samples": {str(i): self.learners[i].num_samples for i in self.honest},
         }
@@ -471,7 +397,7 @@ class Simulation:
         if self.attack is not None:
             adversaries = sorted(set(self.owner) - set(self.honest))
             summary.update(attack_success=last["attack_success"], adversaries=adversaries)
-        if self.config.final_merge:
+        if self.config.algorithm.final_merge:
             components = self.final_merge(graph)
             summary["components"] = len(components)
             after = self.peer_accuracies(self.honest)

@@ -34,10 +34,9 @@ import numpy as np
 
 from gossip import InMemoryHub
 from mixing import consensus_distance
-from node.launcher import LaunchSettings, peer_configs
+from node.config import SimConfig
 from node.peer import JsonLog, Peer
 from sim.clock import run_simulated
-from sim.config import SimConfig
 from sim.engine import Observer, Simulation
 from sim.scenario import Event
 
@@ -45,11 +44,11 @@ POLL_S = 0.001  # simulated seconds between the controller's looks at the peers
 
 
 def peer_refusal(config: SimConfig) -> str | None:
-    if config.data_fraction < 1.0:
+    if config.graph.data_fraction < 1.0:
         return "--data-fraction: a real peer always holds a data shard"
-    if config.phi is not None:
+    if config.attack.phi is not None:
         return "--phi: Sybil identities exist in the reference engine only"
-    if config.dataset == "digits" and config.nodes > 1347:
+    if config.data.dataset == "digits" and config.graph.nodes > 1347:
         return "more peers than digits training images"
     return None
 
@@ -69,9 +68,9 @@ class PeerSimulation(Simulation):
         if sim.topology.time_varying:
             raise ValueError("--engine peers: real peers need a static graph")
         sim._folder = Path(tempfile.mkdtemp(prefix="peers-"))
-        settings = LaunchSettings(**config.to_dict())
-        sim._configs = peer_configs(settings, [("127.0.0.1", 1)] * config.nodes, sim._folder)
-        sim._logs = {i: io.StringIO() for i in range(config.nodes)}
+        nodes = config.graph.nodes
+        sim._configs = config.peer_configs([("127.0.0.1", 1)] * nodes, sim._folder)
+        sim._logs = {i: io.StringIO() for i in range(nodes)}
         sim.peers: dict[int, Peer] = {}
         sim.tasks: dict[int, asyncio.Task] = {}
         return sim
@@ -119,15 +118,15 @@ class PeerSimulation(Simulation):
             await asyncio.sleep(POLL_S)
 
     async def _run(self) -> dict[str, Any]:
-        cfg = self.config
+        cfg, nodes = self.config.run, self.config.graph.nodes
         self.hub = InMemoryHub()
         self._pending: list[int] = []
         start = time.perf_counter()
         for obs in self.observers:
             obs.on_start(self)
-        for i in range(cfg.nodes):
+        for i in range(nodes):
             self._spawn(i)
-        for i in range(cfg.nodes):
+        for i in range(nodes):
             await self.peers[i].start()
         self.tasks = {i: asyncio.create_task(p.run()) for i, p in self.peers.items()}
         base = self.topology.graph_at(0)
@@ -180,10 +179,10 @@ class PeerSimulation(Simulation):
         for r in sorted(by_round):
             records = by_round[r]
             sent += sum(rec["bytes_out"] for rec in records)
-            messages += sum(sum(rec["heard"]) for rec in records)
+            messages += sum(sum(rec["neighbours_heard_per_step"]) for rec in records)
             accs = [rec["accuracy"] for rec in records if rec["accuracy"] is not None]
-            if r not in snapshots or not accs or (r % self.config.eval_every and
-                                                  r != self.config.rounds):
+            if r not in snapshots or not accs or (r % self.config.run.eval_every and
+                                                  r != self.config.run.rounds):
                 continue
             losses = [rec["loss"] for rec in records if rec["loss"] is not None]
             row = {"round": r, "mean_acc": float(np.mean(accs)), "min_acc": float(np.min(accs)),

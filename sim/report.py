@@ -9,6 +9,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from node.text import format_table
+
 
 class Recorder:
     """Keeps every evaluated round's row, and the summary, in memory."""
@@ -56,8 +58,9 @@ class MetricsWriter(Recorder):
         if self.plot:
             from sim.plots import plot_accuracy, plot_snapshots
 
-            title = f"{summary['algorithm']['name']} on {summary['config']['topology']}, " \
-                    f"{summary['config']['nodes']} peers, seed {summary['seed']}"
+            graph = summary["config"]["graph"]
+            title = f"{summary['algorithm']['name']} on {graph['topology']}, " \
+                    f"{graph['nodes']} peers, seed {summary['seed']}"
             plot_accuracy(self.rows, self.out / "accuracy.png", title,
                           summary.get("events", ()))
             if self._sim is not None and self._sim.snapshots:
@@ -72,7 +75,7 @@ class ProgressBar:
         self._bar: tqdm | None = None
 
     def on_start(self, sim) -> None:
-        self._bar = tqdm(total=sim.config.rounds, desc="rounds", unit="rnd", file=self.stream,
+        self._bar = tqdm(total=sim.config.run.rounds, desc="rounds", unit="rnd", file=self.stream,
                          disable=self.disable, dynamic_ncols=True)
 
     def on_round(self, row: dict[str, Any]) -> None:
@@ -84,16 +87,6 @@ class ProgressBar:
     def on_end(self, summary: dict[str, Any]) -> None:
         if self._bar is not None:
             self._bar.close()
-
-
-def format_table(header: list[str], rows: list[list[Any]]) -> str:
-    """A plain aligned text table (floats with 4 decimals)."""
-    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[k]) for r in cells)) for k, h in enumerate(header)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
 
 
 def summary_table(summary: dict[str, Any]) -> str:

@@ -39,35 +39,24 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 import numpy as np
+from pydantic import ConfigDict, ValidationError
+from pydantic.dataclasses import dataclass as checked_dataclass
 
-from node.config import ConfigError, read_toml, typed_value
 from node.learning.seeding import derive_seed
+from node.schema import ConfigError, describe, read_toml, suggest
 
-EVENT_KINDS = ("crash", "leave", "rejoin", "link-failure", "regional-outage", "battery",
-               "partition", "trace")
 SELECTIONS = ("random", "degree", "betweenness")
 AMONG = ("all", "data", "relays")
-_REQUIRED = {"link-failure": ("probability",), "regional-outage": ("center", "radius"),
-             "battery": ("lifetime",), "trace": ("file",)}
-_ALLOWED = {
-    "crash": ("nodes", "fraction", "select", "among"),
-    "leave": ("nodes", "fraction", "select", "among"),
-    "rejoin": ("nodes", "state"),
-    "link-failure": ("probability", "until"),
-    "regional-outage": ("center", "radius", "until"),
-    "battery": ("lifetime", "among"),
-    "partition": ("until",),
-    "trace": ("file",),
-}
 
 
-@dataclass
+@checked_dataclass(config=ConfigDict(strict=True))  # typed fields; a TOML string is no number
 class Event:
     kind: str
     round: int = 0
@@ -98,7 +87,93 @@ class Event:
         return self.kind
 
 
-_EVENT_TYPES = {f.name: f.type for f in fields(Event)}
+# What an event does to a running simulation: ``start(sim, index, event, base, graph)`` at its
+# round and, for events with ``until``, ``end(sim, index, event, base)`` then. ``sim`` is the
+# engine (``sim.engine.Simulation``); the handlers use only its take_down / bring_back and the
+# timeline's state, so every engine that has those runs every kind.
+StartHandler = Callable[[Any, int, "Event", nx.Graph, nx.Graph], None]
+EndHandler = Callable[[Any, int, "Event", nx.Graph], str]
+
+
+@dataclass(frozen=True)
+class EventKind:
+    """One kind of event: the keys it takes (besides kind and round), those it requires, and
+    its handlers. A new kind is one entry of ``EVENT_KINDS`` (and its handlers)."""
+
+    keys: tuple[str, ...]
+    required: tuple[str, ...] = ()
+    start: StartHandler | None = None
+    end: EndHandler | None = None
+
+
+def _roles(sim: Any) -> dict[str, set[int]]:
+    return {"all": sim.alive, "data": sim.alive & sim.data_holders,
+            "relays": sim.alive - sim.data_holders}
+
+
+def _check_ids(sim: Any, e: Event, ids: list[int]) -> None:
+    unknown = sorted(set(ids) - set(sim.owner))
+    if unknown:
+        raise ValueError(f"event {e.kind} at round {e.round}: unknown peers {unknown}")
+
+
+def _start_crash(sim: Any, index: int, e: Event, base: nx.Graph, graph: nx.Graph) -> None:
+    if e.nodes is not None:
+        _check_ids(sim, e, e.nodes)
+        sim.take_down(e.nodes)
+    else:
+        sim.take_down(sim.timeline.select(e, index, sorted(_roles(sim)[e.among]),
+                                          graph.subgraph(sim.alive)))
+
+
+def _start_rejoin(sim: Any, index: int, e: Event, base: nx.Graph, graph: nx.Graph) -> None:
+    if e.nodes is not None:
+        _check_ids(sim, e, e.nodes)
+    back = e.nodes if e.nodes is not None else sorted(set(sim.owner) - sim.alive)
+    sim.bring_back(back, base, fresh=e.state == "fresh")
+
+
+def _start_outage(sim: Any, index: int, e: Event, base: nx.Graph, graph: nx.Graph) -> None:
+    down = [v for v in in_disc(base, e.center, e.radius) if v in sim.alive]
+    sim.timeline.outages[index] = down
+    sim.take_down(down)
+
+
+def _end_outage(sim: Any, index: int, e: Event, base: nx.Graph) -> str:
+    sim.bring_back(sim.timeline.outages.pop(index, []), base)
+    return "outage ends"
+
+
+def _start_battery(sim: Any, index: int, e: Event, base: nx.Graph, graph: nx.Graph) -> None:
+    tl = sim.timeline
+    rng = tl.rng(index)
+    for v in sorted(_roles(sim)[e.among]):
+        tl.lifetimes[v] = int(rng.integers(e.lifetime[0], e.lifetime[1] + 1))
+        tl.worked[v] = 0
+
+
+def _start_partition(sim: Any, index: int, e: Event, base: nx.Graph, graph: nx.Graph) -> None:
+    sim.timeline.cut_edges[index] = sim.timeline.partition_edges(base, index)
+
+
+def _end_partition(sim: Any, index: int, e: Event, base: nx.Graph) -> str:
+    sim.timeline.cut_edges.pop(index, None)
+    return "partition heals"
+
+
+# The registry of event kinds. link-failure acts through Timeline.graph_at, trace and battery
+# also every round (Simulation.apply_events).
+EVENT_KINDS: dict[str, EventKind] = {
+    "crash": EventKind(("nodes", "fraction", "select", "among"), start=_start_crash),
+    "leave": EventKind(("nodes", "fraction", "select", "among"), start=_start_crash),
+    "rejoin": EventKind(("nodes", "state"), start=_start_rejoin),
+    "link-failure": EventKind(("probability", "until"), ("probability",)),
+    "regional-outage": EventKind(("center", "radius", "until"), ("center", "radius"),
+                                 start=_start_outage, end=_end_outage),
+    "battery": EventKind(("lifetime", "among"), ("lifetime",), start=_start_battery),
+    "partition": EventKind(("until",), start=_start_partition, end=_end_partition),
+    "trace": EventKind(("file",), ("file",)),
+}
 
 
 def parse_event(index: int, raw: Any, base: Path | None = None) -> Event:
@@ -110,33 +185,24 @@ def parse_event(index: int, raw: Any, base: Path | None = None) -> Event:
     if kind not in EVENT_KINDS:
         raise ConfigError(f"events[{index}]: kind must be one of {', '.join(EVENT_KINDS)}, "
                           f"got {kind!r}")
-    allowed = ("kind", "round") + _ALLOWED[kind]
+    allowed = ("kind", "round") + EVENT_KINDS[kind].keys
     for key in raw:
         if key not in allowed:
-            raise ConfigError(f"{where}: unknown key '{key}'; valid: {', '.join(allowed)}")
-    for key in _REQUIRED.get(kind, ()):
+            raise ConfigError(f"{where}: unknown key '{key}'{suggest(key, allowed)}; valid: "
+                              f"{', '.join(allowed)}")
+    for key in EVENT_KINDS[kind].required:
         if key not in raw:
             raise ConfigError(f"{where}: key '{key}' is required")
-    values = {}
-    for key, value in raw.items():
-        values[key] = _checked(where, key, value)
-    event = Event(**values)
+    try:
+        event = Event(**raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = error["loc"][0] if error["loc"] else "?"
+        raise ConfigError(f"{where}: key '{key}' {describe(error)}") from None
     _check_ranges(where, event)
     if event.file and base is not None and not Path(event.file).is_absolute():
         event.file = str(base / event.file)
     return event
-
-
-def _checked(where: str, key: str, value: Any) -> Any:
-    """``value`` checked against the Event field's type (lists element by element)."""
-    kind = str(_EVENT_TYPES[key])
-    label = f"{where}: key '{key}'"
-    if kind.startswith("list["):
-        if not isinstance(value, list):
-            raise ConfigError(f"{label} must be {kind.split(' ')[0]}, got {value!r}")
-        inner = kind[len("list["):kind.index("]")]
-        return [typed_value(label, v, inner) for v in value]
-    return typed_value(label, value, kind)
 
 
 def _check_ranges(where: str, e: Event) -> None:
@@ -162,17 +228,15 @@ def _check_ranges(where: str, e: Event) -> None:
 
 
 def load_scenario(path: str | Path) -> tuple[dict[str, Any], list[Event]]:
-    """(settings for SimConfig, events) of a scenario file. Settings are checked by the caller
-    exactly like a ``--config`` file; events here."""
-    from sim.config import settings_from_table
-
+    """(the settings table, events) of a scenario file. The settings are checked by the caller
+    exactly like a ``--config`` file (``SimConfig.from_table``); the events here."""
     raw = read_toml(path)
     events_raw = raw.pop("events", [])
     if not isinstance(events_raw, list):
         raise ConfigError(f"{path}: 'events' must be an array of tables ([[events]])")
     base = Path(path).resolve().parent
     events = [parse_event(i, e, base) for i, e in enumerate(events_raw)]
-    return settings_from_table(str(path), raw), events
+    return raw, events
 
 
 def read_trace(path: str | Path) -> dict[int, list[tuple[int, int]]]:
@@ -204,12 +268,11 @@ class Timeline:
 
     events: list[Event]
     seed: int
-    down_edges: set[tuple[int, int]] = field(default_factory=set)
     cut_edges: dict[int, set[tuple[int, int]]] = field(default_factory=dict)
+    outages: dict[int, list[int]] = field(default_factory=dict)  # event index -> peers it took
     lifetimes: dict[int, int] = field(default_factory=dict)
     worked: dict[int, int] = field(default_factory=dict)
     traces: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
-    applied: list[tuple[int, Event]] = field(default_factory=list)
 
     def __post_init__(self):
         for e in self.events:

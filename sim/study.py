@@ -7,13 +7,12 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sim.config import SimConfig
+from node.config import SimConfig
 from sim.engine import Observer, Simulation
 from sim.report import Recorder
 
@@ -48,7 +47,7 @@ class SeedRunner:
         for seed in range(self.seeds):
             extra = list(observers())
             recorder = Recorder()
-            summary = Simulation.from_config(replace(config, seed=seed),
+            summary = Simulation.from_config(config.updated(seed=seed),
                                              [recorder, *extra]).run()
             out.append((summary, recorder.rows, extra))
             self.runs += 1

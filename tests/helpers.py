@@ -1,7 +1,11 @@
-"""Waiting on conditions with a deadline, and finding the peer processes a test started."""
+"""What several test files share: waiting on conditions with a deadline, finding the peer
+processes a test started, building peer configs, and running peers on an in-memory network."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import io
 import os
 import signal
 import subprocess
@@ -10,6 +14,43 @@ from contextlib import contextmanager
 from pathlib import Path
 
 POLL_INTERVAL_S = 0.05
+
+
+@functools.cache
+def digits_data():
+    """The digits data set, loaded once per test session (see conftest.py's fixture)."""
+    from node.learning import load_digits
+
+    return load_digits()
+
+
+def peer_config(i: int, n: int, tmp_path: Path, rounds: int, **settings):
+    """Peer i of n with a Dirichlet(0.5) shard of digits and its state under ``tmp_path``;
+    ``settings`` are flat schema names (``algorithm="dfedavg"``, ``deadline_floor_s=1``)."""
+    from node.config import PeerConfig
+
+    base = {"id": i, "rounds": rounds, "seed": 0, "state_dir": str(tmp_path / f"peer{i}"),
+            "partition": "dirichlet", "alpha": 0.5, "shard": i, "num_shards": n}
+    return PeerConfig.of(**{**base, **settings})
+
+
+async def run_memory_network(graph, configs, data=None, *, run: bool = True):
+    """Peers with ``configs`` on an in-memory hub, wired along ``graph``; started, and (with
+    ``run``) run to the end. Returns the peers."""
+    from gossip import InMemoryHub
+    from node.peer import JsonLog, Peer
+
+    hub = InMemoryHub()
+    peers = []
+    for i, config in enumerate(configs):
+        config.neighbours = {j: "http://in-memory" for j in graph.neighbors(i)}
+        peers.append(Peer(config, transport=hub.transport(i), data=data or digits_data(),
+                          log=JsonLog(i, stream=io.StringIO())))
+    for p in peers:
+        await p.start()
+    if run:
+        await asyncio.gather(*(p.run() for p in peers))
+    return peers
 
 
 def wait_for(predicate, timeout: float, what: str):

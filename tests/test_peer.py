@@ -154,7 +154,7 @@ async def test_bad_messages_get_4xx_and_the_peer_keeps_training(tmp_path):
     assert summaries[0]["accuracy"] > 0.5
     assert sum(target.rejected.values()) == len(cases)
     assert status["id"] == 0 and "live_neighbours" in status and "bytes_in" in status
-    assert 'decent_messages_rejected_total{status="422"} 3' in metrics
+    assert 'decent_messages_rejected_total{peer="0",status="422"} 3.0' in metrics
 
 
 def checkpoint_round(state_dir):

@@ -13,7 +13,7 @@ from sim.scenario import Event, in_disc, parse_event
 def small(**kw):
     base = dict(nodes=12, topology="ring", model="logreg", algorithm="dfedavg", rounds=6,
                 final_merge=False)
-    return SimConfig(**{**base, **kw})
+    return SimConfig.of(**{**base, **kw})
 
 
 def run(config, events):
@@ -143,11 +143,18 @@ def test_mixing_weights_renormalise_over_surviving_neighbours():
 def test_scenario_file_runs_and_the_same_seed_gives_the_same_metrics(tmp_path):
     scenario = tmp_path / "s.toml"
     scenario.write_text("""
+[graph]
 nodes = 20
 topology = "barabasi-albert"
 data_fraction = 0.5
-model = "logreg"
-algorithm = "dfedavg"
+
+[model]
+name = "logreg"
+
+[algorithm]
+name = "dfedavg"
+
+[run]
 rounds = 8
 
 [[events]]
@@ -195,7 +202,8 @@ def test_bad_events_name_the_event_and_the_key(event, message):
 
 def test_bad_scenario_file_is_reported_by_the_cli(tmp_path, capsys):
     scenario = tmp_path / "bad.toml"
-    scenario.write_text('nodes = 10\n[[events]]\nkind = "crash"\nround = 1\nfraction = 0\n')
+    scenario.write_text('[graph]\nnodes = 10\n\n[[events]]\nkind = "crash"\nround = 1\n'
+                        'fraction = 0\n')
     with pytest.raises(SystemExit):
         parse_args(["--scenario", str(scenario)])
     assert "events[0] (crash): key 'fraction'" in capsys.readouterr().err

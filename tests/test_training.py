@@ -2,21 +2,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from node.config import DataSection
 from node.learning import (
     BatchSampler,
     build_model,
     derive_seed,
-    load_digits,
     partition,
     resolve_algorithm,
     sam_gradient,
     sgd_step,
 )
 from sim import SimConfig, Simulation
+from tests.helpers import digits_data
 
 
 def test_module_parameters_and_grads_are_views_into_the_flat_vectors():
-    model = build_model("cnn", 64, 10, seed=0)
+    model = build_model("cnn", in_features=64, num_classes=10, seed=0)
     params = list(model.module.parameters())
     assert model.size == sum(p.numel() for p in params)
     model.params.fill_(0.5)
@@ -34,16 +35,18 @@ def test_same_init_seed_same_model_and_global_rng_untouched():
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    a = build_model("mlp", 64, 10, seed=5)
+    a = build_model("mlp", in_features=64, num_classes=10, seed=5)
     after = torch.rand(1)
     assert torch.equal(before, after)
-    assert torch.equal(a.params, build_model("mlp", 64, 10, seed=5).params)
-    assert not torch.equal(a.params, build_model("mlp", 64, 10, seed=6).params)
+    same = build_model("mlp", in_features=64, num_classes=10, seed=5)
+    other = build_model("mlp", in_features=64, num_classes=10, seed=6)
+    assert torch.equal(a.params, same.params)
+    assert not torch.equal(a.params, other.params)
 
 
 def test_flat_sgd_matches_torch_optim_sgd_with_momentum_and_weight_decay():
-    flat = build_model("mlp", 64, 10, seed=1)
-    ref = build_model("mlp", 64, 10, seed=1)
+    flat = build_model("mlp", in_features=64, num_classes=10, seed=1)
+    ref = build_model("mlp", in_features=64, num_classes=10, seed=1)
     opt = torch.optim.SGD(ref.module.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
     buf = torch.zeros_like(flat.params)
     gen = torch.Generator().manual_seed(0)
@@ -52,7 +55,7 @@ def test_flat_sgd_matches_torch_optim_sgd_with_momentum_and_weight_decay():
         flat.grad.zero_()
         F.cross_entropy(flat.module(x), y).backward()
         with torch.no_grad():
-            sgd_step(flat.params, flat.grad, buf, 0.1, 0.9, 1e-2)
+            sgd_step(flat.params, flat.grad, buf, lr=0.1, momentum=0.9, weight_decay=1e-2)
         opt.zero_grad(set_to_none=False)
         F.cross_entropy(ref.module(x), y).backward()
         opt.step()
@@ -75,7 +78,8 @@ def test_sam_step_on_a_quadratic_matches_the_closed_form():
     g = a @ x0
     expected_grad = a @ (x0 + rho * g / g.norm())
     assert torch.allclose(grad, expected_grad, atol=1e-12)
-    sgd_step(x, grad, torch.zeros(2, dtype=torch.float64), lr, 0.0, 0.0)
+    sgd_step(x, grad, torch.zeros(2, dtype=torch.float64), lr=lr, momentum=0.0,
+             weight_decay=0.0)
     assert torch.allclose(x, x0 - lr * expected_grad, atol=1e-12)
 
 
@@ -104,10 +108,10 @@ def test_batch_sampler_covers_an_epoch_and_resumes_from_its_state():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: resolve_algorithm("dsgd", rho=0.1), "--rho=0.1 does not apply to dsgd"),
-    (lambda: resolve_algorithm("dfedsam", gossip_steps=3), "--gossip-steps=3"),
+    (lambda: resolve_algorithm("dsgd", rho=0.1), "rho = 0.1 does not apply to dsgd"),
+    (lambda: resolve_algorithm("dfedsam", gossip_steps=3), "gossip_steps = 3"),
     (lambda: resolve_algorithm("adam"), "valid: dsgd, dfedavg, dfedsam, dfedsam-mgs"),
-    (lambda: resolve_algorithm("dfedavg", local_steps=0), "--local-steps must be >= 1"),
+    (lambda: resolve_algorithm("dfedavg", local_steps=0), "local_steps must be >= 1"),
 ])
 def test_algorithm_resolution_errors(call, message):
     with pytest.raises(ValueError, match=message):
@@ -122,7 +126,7 @@ def test_algorithms_compose_the_same_parts():
 
 
 def run_sim(**overrides):
-    config = SimConfig(**{"nodes": 6, "rounds": 4, "partition": "dirichlet", "alpha": 0.5,
+    config = SimConfig.of(**{"nodes": 6, "rounds": 4, "partition": "dirichlet", "alpha": 0.5,
                           "seed": 3, **overrides})
     sim = Simulation.from_config(config)
     summary = sim.run()
@@ -148,17 +152,17 @@ def test_dfedsam_equals_dfedsam_mgs_with_one_gossip_step():
 
 def test_dsgd_on_the_complete_graph_is_centralized_minibatch_sgd():
     seed, nodes, rounds = 11, 4, 6
-    config = SimConfig(nodes=nodes, rounds=rounds, topology="complete", algorithm="dsgd",
-                       partition="iid", seed=seed, lr=0.1, lr_decay=0.9, momentum=0.9,
-                       weight_decay=1e-3, batch_size=8, final_merge=False)
+    config = SimConfig.of(nodes=nodes, rounds=rounds, topology="complete", algorithm="dsgd",
+                          partition="iid", seed=seed, lr=0.1, lr_decay=0.9, momentum=0.9,
+                          weight_decay=1e-3, batch_size=8, final_merge=False)
     sim = Simulation.from_config(config)
     sim.run()
 
-    data = load_digits()
-    parts = partition(data, nodes, "iid", seed)
+    data = digits_data()
+    parts = partition(data, DataSection(partition="iid"), num_nodes=nodes, seed=seed)
     samplers = [BatchSampler(len(p), 8, derive_seed(seed, "batches", i))
                 for i, p in enumerate(parts)]
-    central = build_model("mlp", 64, 10, derive_seed(seed, "init"))
+    central = build_model("mlp", in_features=64, num_classes=10, seed=derive_seed(seed, "init"))
     opt = torch.optim.SGD(central.module.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     for t in range(rounds):
         for group in opt.param_groups:
@@ -169,5 +173,5 @@ def test_dsgd_on_the_complete_graph_is_centralized_minibatch_sgd():
         opt.step()
     for learner in sim.learners:
         assert torch.allclose(learner.params, central.params, atol=1e-5)
-    assert not torch.allclose(central.params, build_model("mlp", 64, 10,
-                                                         derive_seed(seed, "init")).params)
+    initial = build_model("mlp", in_features=64, num_classes=10, seed=derive_seed(seed, "init"))
+    assert not torch.allclose(central.params, initial.params)

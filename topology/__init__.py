@@ -1,5 +1,6 @@
 """Graphs (who talks to whom) and mixing matrices over them. Pure math: no I/O beyond load/save."""
 
+from topology.build import build_topology
 from topology.graphs import (
     BUILDERS,
     TOPOLOGY_NAMES,
@@ -35,7 +36,8 @@ from topology.sybil import attach_sybils, cap_degree, k_medoids
 
 __all__ = [
     "BUILDERS", "MATRICES", "TOPOLOGY_NAMES", "Topology", "TopologyError", "alive_components",
-    "attach_sybils", "barabasi_albert", "build_graph", "cap_degree", "complete", "erdos_renyi",
+    "attach_sybils", "barabasi_albert", "build_graph", "build_topology", "cap_degree", "complete",
+    "erdos_renyi",
     "exponential", "grid", "k_medoids", "load_graph", "max_degree_matrix",
     "metropolis_hastings_matrix", "metropolis_weight", "one_peer_exponential",
     "random_geometric", "random_regular", "require_connected", "ring", "save_graph",

@@ -1,4 +1,4 @@
-"""Mixing matrices from graphs and their spectral quantities (spec section 1.1)."""
+"""Mixing matrices from graphs and their spectral quantities (docs/algorithms.md §1.1)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 
 
 def metropolis_weight(degree_i: int, degree_j: int) -> float:
-    """Metropolis-Hastings edge weight 1 / (1 + max(d_i, d_j)) (spec 1.1).
+    """Metropolis-Hastings edge weight 1 / (1 + max(d_i, d_j)) (docs/algorithms.md §1.1).
 
     Needs only the two endpoint degrees, which is why a peer can compute it from its neighbours'
     messages alone.

@@ -1,5 +1,5 @@
 """Attaching Sybil identities to an honest graph: the "spread attack" of SybilWall's evaluation
-(Werthenbach and Pouwelse 2023, ``notebooks/Graph generator.ipynb``; spec 4.6).
+(Werthenbach and Pouwelse 2023, ``notebooks/Graph generator.ipynb``; docs/algorithms.md §4.6).
 
 phi is the number of attack edges per honest node. Each of the floor(phi) full passes groups all
 honest nodes into clusters of mutually close nodes (hop distance) and links each cluster to one
@@ -21,7 +21,7 @@ from topology.graphs import TopologyError
 
 def cap_degree(graph: nx.Graph, max_degree: int, seed: int) -> nx.Graph:
     """Remove random edges at nodes of degree > ``max_degree`` without disconnecting the graph
-    (the spec's "degrees capped at 7 by removing random edges"; bridges are kept)."""
+    (docs/algorithms.md §4.8: "degrees capped at 7 by removing random edges"; bridges are kept)."""
     if max_degree < 1:
         raise TopologyError(f"max_degree must be >= 1, got {max_degree}")
     out = graph.copy()

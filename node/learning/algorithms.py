@@ -2,10 +2,13 @@
 
 All four compose the same parts (LocalTrainer + weighted_average), none is a copy of another:
 
-* ``dsgd``: one SGD step, then one gossip step (ATC D-SGD, Koloskova et al. 2020, spec 1.2).
-* ``dfedavg``: K SGD steps, then one gossip step (Sun et al. 2022, spec 1.2).
-* ``dfedsam``: K SAM steps with radius rho, then one gossip step (Shi et al. 2023, spec 2.1).
-* ``dfedsam-mgs``: K SAM steps, then Q gossip steps, X <- W^Q Z (spec 2.1), each a real exchange.
+* ``dsgd``: one SGD step, then one gossip step (ATC D-SGD, Koloskova et al. 2020, docs/algorithms.md
+  §1.2).
+* ``dfedavg``: K SGD steps, then one gossip step (Sun et al. 2022, docs/algorithms.md §1.2).
+* ``dfedsam``: K SAM steps with radius rho, then one gossip step (Shi et al. 2023,
+  docs/algorithms.md §2.1).
+* ``dfedsam-mgs``: K SAM steps, then Q gossip steps, X <- W^Q Z (docs/algorithms.md §2.1), each a
+  real exchange.
 """
 
 from __future__ import annotations
@@ -29,10 +32,9 @@ _ALGORITHMS: dict[str, tuple[dict, dict]] = {
     "dfedsam-mgs": ({}, {"local_steps": 5, "rho": 0.05, "gossip_steps": 4}),
 }
 ALGORITHM_NAMES = tuple(_ALGORITHMS)
-_FLAGS = {"local_steps": "--local-steps", "rho": "--rho", "gossip_steps": "--gossip-steps"}
 
 
-def resolve_algorithm(name: str, local_steps: int | None = None, rho: float | None = None,
+def resolve_algorithm(name: str, *, local_steps: int | None = None, rho: float | None = None,
                       gossip_steps: int | None = None) -> Algorithm:
     """Fill in the algorithm's fixed settings and defaults.
 
@@ -48,16 +50,16 @@ def resolve_algorithm(name: str, local_steps: int | None = None, rho: float | No
         if key in fixed:
             if value is not None and value != fixed[key]:
                 raise ValueError(
-                    f"{_FLAGS[key]}={value} does not apply to {name}, which fixes it to "
+                    f"{key} = {value} does not apply to {name}, which fixes it to "
                     f"{fixed[key]}; use dfedsam-mgs to set it freely")
             settings[key] = fixed[key]
         else:
             settings[key] = defaults[key] if value is None else value
     if settings["local_steps"] < 1:
-        raise ValueError(f"--local-steps must be >= 1, got {settings['local_steps']}")
+        raise ValueError(f"local_steps must be >= 1, got {settings['local_steps']}")
     if settings["gossip_steps"] < 0:
-        raise ValueError(f"--gossip-steps must be >= 0, got {settings['gossip_steps']}")
+        raise ValueError(f"gossip_steps must be >= 0, got {settings['gossip_steps']}")
     if settings["rho"] < 0:
-        raise ValueError(f"--rho must be >= 0, got {settings['rho']}")
+        raise ValueError(f"rho must be >= 0, got {settings['rho']}")
     return Algorithm(name, int(settings["local_steps"]), float(settings["rho"]),
                      int(settings["gossip_steps"]))

@@ -1,8 +1,11 @@
-"""Data sets that need no download, and seeded partitions of them across peers (spec 0.3, 0.5)."""
+"""Data sets that need no download, and seeded partitions of them across peers (docs/algorithms.md
+§0.3, 0.5)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,14 +58,10 @@ def load_digits(test_fraction: float = 0.25) -> Dataset:
     )
 
 
-def _softmax_argmax(logits: np.ndarray) -> np.ndarray:
-    return logits.argmax(axis=1)  # argmax of softmax = argmax of the logits
-
-
 def synthetic(alpha: float, beta: float, num_nodes: int, seed: int, dimension: int = 60,
               num_classes: int = 10, max_samples: int = 1000, test_fraction: float = 0.2
               ) -> Dataset:
-    """LEAF / FedProx synthetic(alpha, beta) (spec 0.5), one part per node.
+    """LEAF / FedProx synthetic(alpha, beta) (docs/algorithms.md §0.5), one part per node.
 
     Follows FedProx's ``generate_synthetic``: u_k ~ N(0, alpha) is the mean of W_k and b_k,
     B_k ~ N(0, beta), v_k ~ N(B_k, 1), x ~ N(v_k, diag(j^-1.2)), y = argmax(W_k^T x + b_k), and
@@ -84,7 +83,7 @@ def synthetic(alpha: float, beta: float, num_nodes: int, seed: int, dimension: i
         b = rng.normal(mean_w[k], 1, num_classes)
         v = rng.normal(shift[k], 1, dimension)
         x = v + rng.standard_normal((counts[k], dimension)) * std_x
-        y = _softmax_argmax(x @ w + b)
+        y = (x @ w + b).argmax(axis=1)  # argmax of the softmax
         n_test = max(1, int(round(test_fraction * counts[k])))
         xs_tr.append(x[n_test:])
         ys_tr.append(y[n_test:])
@@ -111,7 +110,7 @@ def iid_partition(labels: np.ndarray, num_nodes: int, rng: np.random.Generator) 
 def dirichlet_partition(labels: np.ndarray, num_nodes: int, alpha: float,
                         rng: np.random.Generator, min_size: int = 2, max_tries: int = 1000
                         ) -> list[np.ndarray]:
-    """Per-class Dirichlet split (Hsu et al. 2019, spec 0.3): for each class c draw
+    """Per-class Dirichlet split (Hsu et al. 2019, docs/algorithms.md §0.3): for each class c draw
     p_c ~ Dir(alpha 1_n) and cut class c's samples in those proportions. Redrawn (from the same
     stream) until every node has at least ``min_size`` samples."""
     if alpha <= 0:
@@ -157,38 +156,50 @@ def shard_partition(labels: np.ndarray, num_nodes: int, classes_per_node: int,
     return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
 
 
-PARTITIONS = ("iid", "dirichlet", "shards", "natural")
+def natural_partition(dataset: Dataset, num_nodes: int) -> list[np.ndarray]:
+    """The per-node parts a data set came with (LEAF synthetic)."""
+    if dataset.natural_parts is None or len(dataset.natural_parts) != num_nodes:
+        raise ValueError(
+            f"partition 'natural' needs a data set generated per node (synthetic) with "
+            f"{num_nodes} parts; {dataset.name} has none")
+    return dataset.natural_parts
 
 
-def partition(dataset: Dataset, num_nodes: int, scheme: str, seed: int, alpha: float = 0.5,
-              classes_per_node: int = 2) -> list[np.ndarray]:
-    """Per-node train indices for ``scheme``; the same seed always gives the same split."""
+# The registries: name -> builder. ``settings`` is the [data] section (any object with its
+# attributes: alpha, classes_per_node, test_fraction, synthetic_alpha, synthetic_beta). A new
+# partition or data set is one function added here.
+PARTITIONS: dict[str, Callable[..., list[np.ndarray]]] = {
+    "iid": lambda data, labels, n, rng, settings: iid_partition(labels, n, rng),
+    "dirichlet": lambda data, labels, n, rng, settings: dirichlet_partition(
+        labels, n, settings.alpha, rng),
+    "shards": lambda data, labels, n, rng, settings: shard_partition(
+        labels, n, settings.classes_per_node, rng),
+    "natural": lambda data, labels, n, rng, settings: natural_partition(data, n),
+}
+
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "digits": lambda settings, num_nodes, seed: load_digits(settings.test_fraction),
+    "synthetic": lambda settings, num_nodes, seed: synthetic(
+        settings.synthetic_alpha, settings.synthetic_beta, num_nodes, seed),
+}
+
+
+def partition(dataset: Dataset, settings: Any, *, num_nodes: int, seed: int
+              ) -> list[np.ndarray]:
+    """Per-node train indices for ``settings.partition``; the same seed always gives the same
+    split."""
     labels = dataset.y_train.numpy()
     if num_nodes < 1 or num_nodes > len(labels):
         raise ValueError(f"partition: need 1 <= nodes <= {len(labels)} samples, got {num_nodes}")
+    if settings.partition not in PARTITIONS:
+        raise ValueError(f"unknown partition {settings.partition!r}; valid: "
+                         f"{', '.join(PARTITIONS)}")
     rng = np.random.default_rng(derive_seed(seed, "partition"))
-    if scheme == "iid":
-        return iid_partition(labels, num_nodes, rng)
-    if scheme == "dirichlet":
-        return dirichlet_partition(labels, num_nodes, alpha, rng)
-    if scheme == "shards":
-        return shard_partition(labels, num_nodes, classes_per_node, rng)
-    if scheme == "natural":
-        if dataset.natural_parts is None or len(dataset.natural_parts) != num_nodes:
-            raise ValueError(
-                f"partition 'natural' needs a data set generated per node (synthetic) with "
-                f"{num_nodes} parts; {dataset.name} has none")
-        return dataset.natural_parts
-    raise ValueError(f"unknown partition {scheme!r}; valid: {', '.join(PARTITIONS)}")
+    return PARTITIONS[settings.partition](dataset, labels, num_nodes, rng, settings)
 
 
-DATASETS = ("digits", "synthetic")
-
-
-def load_dataset(name: str, num_nodes: int, seed: int, synthetic_alpha: float = 1.0,
-                 synthetic_beta: float = 1.0, test_fraction: float = 0.25) -> Dataset:
-    if name == "digits":
-        return load_digits(test_fraction)
-    if name == "synthetic":
-        return synthetic(synthetic_alpha, synthetic_beta, num_nodes, seed)
-    raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+def load_dataset(settings: Any, *, num_nodes: int, seed: int) -> Dataset:
+    """The data set named by ``settings.dataset`` (the [data] section)."""
+    if settings.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {settings.dataset!r}; valid: {', '.join(DATASETS)}")
+    return DATASETS[settings.dataset](settings, num_nodes, seed)

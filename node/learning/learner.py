@@ -27,7 +27,7 @@ class Learner:
     """Model, local optimizer state, minibatch stream and mixing rule of peer ``node_id``;
     ``attack`` makes it an adversary (see ``node.learning.attacks``)."""
 
-    def __init__(self, node_id: int, model: FlatModel, x: torch.Tensor, y: torch.Tensor,
+    def __init__(self, node_id: int, *, model: FlatModel, x: torch.Tensor, y: torch.Tensor,
                  train: TrainConfig, algorithm: Algorithm, seed: int,
                  rule: MixingRule | None = None, attack: Attack | None = None):
         self.node_id = node_id
@@ -36,7 +36,8 @@ class Learner:
         self.rule = rule or Average()
         self.attack = attack
         config = replace(train, local_steps=algorithm.local_steps, rho=algorithm.rho)
-        self.trainer = LocalTrainer(model, x, y, config, derive_seed(seed, "batches", node_id))
+        self.trainer = LocalTrainer(model, x=x, y=y, config=config,
+                                    seed=derive_seed(seed, "batches", node_id))
         self._attack_noise = torch.Generator().manual_seed(derive_seed(seed, "attack", node_id))
 
     @property
@@ -71,7 +72,8 @@ class Learner:
         self.model.load(self.mixed(received, own_degree, neighbour_degrees, round_index))
 
     def history_for(self, neighbour: int) -> tuple[int, HistoryRecord] | None:
-        """SybilWall's probabilistic history gossip (spec 4.5): what to send ``neighbour``."""
+        """SybilWall's probabilistic history gossip (docs/algorithms.md §4.5): what to send
+        ``neighbour``."""
         return self.rule.history_for(neighbour)
 
     def accept_history(self, sender: int, origin: int, round_index: int, distance: int,
@@ -95,23 +97,25 @@ class Learner:
             self.trainer.sampler.load_state_dict(state["sampler"])
 
 
-def make_learner(node_id: int, data: Dataset, shard: torch.Tensor, model: str, train: TrainConfig,
-                 algorithm: Algorithm, seed: int, device: str = "cpu", hidden: int = 64,
-                 mixing: str = "average", mixing_options: dict[str, Any] | None = None,
-                 init: str = "shared", attack: Attack | None = None) -> Learner:
+def make_learner(node_id: int, *, data: Dataset, shard: torch.Tensor, model: str,
+                 train: TrainConfig, algorithm: Algorithm, seed: int, hidden: int,
+                 mixing: str, mixing_options: dict[str, Any], init: str,
+                 attack: Attack | None = None, device: str = "cpu") -> Learner:
     """Peer ``node_id`` of a run with seed ``seed``: its init, data shard and mixing rule.
 
     ``init="shared"`` gives every peer the same initial model (the usual setting);
-    ``"independent"`` draws one per peer (the variance-correction setting, spec 3.5). An
+    ``"independent"`` draws one per peer (the variance-correction setting, docs/algorithms.md §3.5).
+    An
     ``attack`` poisons the peer's data or what it sends, and an adversary mixes by plain
-    averaging (spec 4.6). The simulator and the networked peer both build their learners here,
-    which is what makes their runs comparable number for number.
+    averaging (docs/algorithms.md §4.6). The simulator and the networked peer both build their
+    learners here, which is what makes their runs comparable number for number.
     """
     if init not in INITS:
         raise ValueError(f"--init: unknown {init!r}; valid: {', '.join(INITS)}")
     init_seed = derive_seed(seed, "init") if init == "shared" else \
         derive_seed(seed, "init", node_id + 1)
-    flat = build_model(model, data.in_features, data.num_classes, init_seed, device, hidden)
+    flat = build_model(model, in_features=data.in_features, num_classes=data.num_classes,
+                       seed=init_seed, device=device, hidden=hidden)
     index = torch.as_tensor(shard, dtype=torch.int64)
     if attack is None:
         x, y = data.x_train[index], data.y_train[index]
@@ -119,9 +123,9 @@ def make_learner(node_id: int, data: Dataset, shard: torch.Tensor, model: str, t
                          boundaries=[(s.start, s.stop) for s in flat.layout],
                          seed=derive_seed(seed, "history", node_id),
                          init=flat.params if init == "shared" else None,
-                         **(mixing_options or {}))
+                         **mixing_options)
     else:
         x, y = attack.training_data(data, index)
         rule = Average()
-    return Learner(node_id, flat, x.to(device), y.to(device), train, algorithm, seed, rule,
-                   attack)
+    return Learner(node_id, model=flat, x=x.to(device), y=y.to(device), train=train,
+                   algorithm=algorithm, seed=seed, rule=rule, attack=attack)

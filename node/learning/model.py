@@ -73,7 +73,8 @@ class FlatModel:
 
 
 class MLP(nn.Module):
-    """64 -> hidden -> classes with ReLU: about 4.8k parameters on digits (spec 0.5)."""
+    """64 -> hidden -> classes with ReLU: about 4.8k parameters on digits (docs/algorithms.md
+    §0.5)."""
 
     def __init__(self, in_features: int, num_classes: int, hidden: int = 64):
         super().__init__()
@@ -116,7 +117,7 @@ MODELS: dict[str, Callable[[int, int], nn.Module]] = {
 }
 
 
-def build_model(name: str, in_features: int, num_classes: int, seed: int,
+def build_model(name: str, *, in_features: int, num_classes: int, seed: int,
                 device: str = "cpu", hidden: int = 64) -> FlatModel:
     """A freshly initialised model whose init depends only on ``seed`` (global RNG untouched);
     the init is drawn on the CPU and then moved, so it is the same on every device. ``hidden``

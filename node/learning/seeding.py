@@ -1,7 +1,7 @@
 """Independent, reproducible random streams derived from one run seed.
 
 The data split, the model init, the topology and each peer's minibatch order each get their own
-stream (spec section 10), so changing one (say the topology) leaves the others as they were.
+stream (docs/algorithms.md §10), so changing one (say the topology) leaves the others as they were.
 """
 
 from __future__ import annotations

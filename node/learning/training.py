@@ -1,8 +1,8 @@
-"""Local training on flat parameter vectors: SGD and SAM steps (spec sections 1.2 and 2.1).
+"""Local training on flat parameter vectors: SGD and SAM steps (docs/algorithms.md §1.2 and §2.1).
 
 The optimizer is written directly on the flat vectors instead of ``torch.optim``: one fused update
 over the whole model, a momentum buffer that is itself one vector (simple to checkpoint and never
-mixed: it stays local, spec 0.2), and the same code for every algorithm.
+mixed: it stays local, docs/algorithms.md §0.2), and the same code for every algorithm.
 """
 
 from __future__ import annotations
@@ -16,16 +16,18 @@ import torch.nn.functional as F
 from node.learning.model import FlatModel
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Local optimizer settings. ``lr_decay`` is per round: lr_t = lr * lr_decay**t (spec 2.3)."""
+    """Local optimizer settings. ``lr_decay`` is per round: lr_t = lr * lr_decay**t
+    (docs/algorithms.md §2.3). No defaults here: they are declared once, in
+    ``node.config.AlgorithmSection``."""
 
-    lr: float = 0.05
-    lr_decay: float = 0.998
-    momentum: float = 0.9
-    dampening: float = 0.0
-    weight_decay: float = 5e-4
-    batch_size: int = 16
+    lr: float
+    lr_decay: float
+    momentum: float
+    dampening: float
+    weight_decay: float
+    batch_size: int
     local_steps: int = 1
     rho: float = 0.0
 
@@ -33,15 +35,16 @@ class TrainConfig:
         return self.lr * self.lr_decay ** round_index
 
 
-def sgd_step(params: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Tensor, lr: float,
-             momentum: float, weight_decay: float, dampening: float = 0.0) -> None:
+def sgd_step(params: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Tensor, *,
+             lr: float, momentum: float, weight_decay: float, dampening: float = 0.0) -> None:
     """In place: d = g + wd x; buf = m buf + (1 - dampening) d; x -= lr buf. ``grad`` is used
     as scratch space (it holds d afterwards): every caller recomputes it before the next step.
 
     With dampening 0 this is torch.optim.SGD (a zero buffer makes the first step identical to
     torch's lazily created one). ``dampening = momentum = beta`` is MoNNA's Polyak momentum
-    m_t = beta m_{t-1} + (1 - beta) g_t from m_0 = 0 (Farhadkhani et al. 2023, spec 7.1); torch
-    instead starts its buffer at g_1 undamped, so the two differ on the first step only.
+    m_t = beta m_{t-1} + (1 - beta) g_t from m_0 = 0 (Farhadkhani et al. 2023, docs/algorithms.md
+    §7.1); torch instead starts its buffer at g_1 undamped, so the two differ on the first step
+    only.
     """
     step = grad.add_(params, alpha=weight_decay) if weight_decay else grad  # grad is scratch
     if momentum:
@@ -54,10 +57,10 @@ def sam_gradient(params: torch.Tensor, grad: torch.Tensor, compute_gradient: Cal
                  rho: float) -> float:
     """Leave in ``grad`` the SAM gradient at x + rho g/||g|| and return the loss at x.
 
-    Two passes on the same minibatch (spec 2.1): g = grad F(x); e = rho g / (||g||_2 + 1e-12) with
-    the global norm over all parameters; g~ = grad F(x + e); then x is restored exactly from a saved
-    copy. With rho = 0 this is one plain gradient evaluation, so DFedSAM with rho = 0 is DFedAvg
-    operation for operation.
+    Two passes on the same minibatch (docs/algorithms.md §2.1): g = grad F(x); e = rho g / (||g||_2
+    + 1e-12) with the global norm over all parameters; g~ = grad F(x + e); then x is restored
+    exactly from a saved copy. With rho = 0 this is one plain gradient evaluation, so DFedSAM with
+    rho = 0 is DFedAvg operation for operation.
     """
     loss = compute_gradient()
     if rho == 0.0:
@@ -105,8 +108,8 @@ class BatchSampler:
 class LocalTrainer:
     """K local steps of SGD or SAM on one peer's shard, with its local momentum buffer."""
 
-    def __init__(self, model: FlatModel, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
-                 seed: int):
+    def __init__(self, model: FlatModel, *, x: torch.Tensor, y: torch.Tensor,
+                 config: TrainConfig, seed: int):
         self.model, self.x, self.y, self.config = model, x, y, config
         # a relay (no data) only mixes: it has no minibatches and its local update is a no-op
         self.sampler = BatchSampler(len(y), config.batch_size, seed) if len(y) else None
@@ -135,8 +138,9 @@ class LocalTrainer:
             compute = self._gradient_on(self.sampler.next())
             total += sam_gradient(model.params, model.grad, compute, cfg.rho)
             with torch.no_grad():
-                sgd_step(model.params, model.grad, self.momentum_buffer, lr, cfg.momentum,
-                         cfg.weight_decay, cfg.dampening)
+                sgd_step(model.params, model.grad, self.momentum_buffer, lr=lr,
+                         momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                         dampening=cfg.dampening)
         return total / max(steps, 1)
 
 

@@ -1,4 +1,5 @@
-"""``python -m node --config peer.toml``: run one peer (flags override the file's common keys)."""
+"""``python -m node --config peer.toml``: run one peer. Every flag comes from the schema
+(``node.config.PeerConfig``) and overrides the file's value."""
 
 from __future__ import annotations
 
@@ -7,11 +8,21 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
-from node.config import PeerConfigError, load_peer_config, parse_peer_config
+from node.config import PeerConfig
+from node.schema import (
+    ConfigError,
+    SettingsParser,
+    add_settings,
+    config_from_command_line,
+    read_toml,
+)
+
+# Flags that are not settings, and the settings they fill in (a test walks these).
+NON_SETTINGS = ("--config",)
+ALIASES = {"--peers": ("neighbours",), "--data-shard": ("data.shard", "data.num_shards")}
 
 
 def _peers(text: str) -> dict[str, str]:
@@ -19,7 +30,7 @@ def _peers(text: str) -> dict[str, str]:
     for item in filter(None, text.split(",")):
         key, sep, url = item.partition("=")
         if not sep:
-            raise argparse.ArgumentTypeError(f"expected ID=URL, got {item!r}")
+            raise argparse.ArgumentTypeError(f"expected ID=URL, got {item[:40]!r}")
         out[key.strip()] = url.strip()
     return out
 
@@ -27,54 +38,46 @@ def _peers(text: str) -> dict[str, str]:
 def _shard(text: str) -> tuple[int, int]:
     index, sep, count = text.partition("/")
     if not sep or not index.isdigit() or not count.isdigit():
-        raise argparse.ArgumentTypeError(f"expected INDEX/COUNT such as 3/8, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected INDEX/COUNT such as 3/8, got {text[:40]!r}")
     return int(index), int(count)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m node",
-        description="Run one decentralized-learning peer: an aiohttp server and client that "
-                    "trains on its data shard, gossips with its neighbours, checkpoints every "
-                    "round (resuming after a crash) and ends with a global merge. Endpoints: "
-                    "POST /gossip, GET /status, /metrics, /healthz.",
-        epilog="Every TOML key is documented in docs/peer-config.md. A peer with no "
-               "neighbours trains alone.")
+def build_parser() -> tuple[SettingsParser, dict[str, tuple[str, str]]]:
+    p = SettingsParser(
+        "python -m node",
+        "Run one decentralized-learning peer: an aiohttp server and client that trains on its "
+        "data shard, gossips with its neighbours, checkpoints every round (resuming after a "
+        "crash) and ends with a global merge. Endpoints: POST /gossip, GET /status, /metrics, "
+        "/healthz.",
+        "Every TOML key is documented in docs/peer-config.md; the file has the sections of\n"
+        "the groups above. A peer with no neighbours trains alone.")
     p.add_argument("--config", metavar="FILE", help="peer TOML file")
-    p.add_argument("--id", type=int, help="this peer's id")
-    p.add_argument("--listen", metavar="HOST:PORT", help="address to serve on")
     p.add_argument("--peers", type=_peers, metavar="ID=URL,...",
-                   help="neighbours, e.g. 1=http://127.0.0.1:8001,2=http://127.0.0.1:8002")
+                   help="[neighbours], e.g. 1=http://127.0.0.1:8001,2=http://127.0.0.1:8002")
     p.add_argument("--data-shard", type=_shard, metavar="I/N",
-                   help="use shard I of the data split into N shards")
-    p.add_argument("--rounds", type=int, help="training rounds")
-    p.add_argument("--device", help="cpu or cuda")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--state-dir", metavar="DIR", help="checkpoint and summary folder")
-    p.add_argument("--seed", type=int, help="run seed (must match the other peers')")
-    p.add_argument("--log-file", metavar="FILE", help="JSON-lines log (default: stdout)")
-    return p
+                   help="[data] shard I of num_shards N, e.g. 3/8")
+    return p, add_settings(p, PeerConfig)
 
 
-def resolve(argv: Sequence[str] | None) -> Any:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def resolve(argv: Sequence[str] | None) -> PeerConfig:
+    """The peer's config: defaults < --config file < flags."""
+    parser, dests = build_parser()
+    args = vars(parser.parse_args(argv))
+    path, peers, shard = args.pop("config", None), args.pop("peers", None), \
+        args.pop("data_shard", None)
+    extra: dict = {}
+    if peers is not None:
+        extra["neighbours"] = peers
+    if shard is not None:
+        extra["data"] = {"shard": shard[0], "num_shards": shard[1]}
     try:
-        raw = load_peer_config(args.config) if args.config else {}
-        for key in ("id", "listen", "rounds", "device", "threads", "state_dir", "seed",
-                    "log_file"):
-            if getattr(args, key) is not None:
-                raw[key] = getattr(args, key)
-        if args.peers is not None:
-            raw["neighbours"] = args.peers
-        if args.data_shard is not None:
-            raw.setdefault("data", {})
-            raw["data"]["shard"], raw["data"]["num_shards"] = args.data_shard
-        config = parse_peer_config(raw)
-        if config.device == "cuda" and not torch.cuda.is_available():
-            raise PeerConfigError("device: 'cuda' asked for but torch sees no CUDA device")
-    except PeerConfigError as exc:
+        table = read_toml(path) if path else {}
+    except ConfigError as exc:
         parser.error(str(exc))
+    config = config_from_command_line(PeerConfig, parser, dests, args, table, path or "",
+                                      extra)
+    if config.run.device == "cuda" and not torch.cuda.is_available():
+        parser.error("[run] device: 'cuda' asked for but torch sees no CUDA device")
     return config
 
 
@@ -85,16 +88,26 @@ async def serve(config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, peer.request_stop)
-    await peer.start()
+    try:
+        await peer.start()
+    except BaseException:  # e.g. the port is taken: release what the peer holds
+        await peer.close()
+        raise
     summary = await peer.run()
+    if peer.already_finished:
+        print(f"python -m node: {peer.already_finished_note()}", file=sys.stderr)
     return 0 if summary["state"] in ("done", "stopped") else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from gossip import ListenError
+
     config = resolve(argv)
-    torch.set_num_threads(config.threads)
+    torch.set_num_threads(config.run.threads)
     try:
         return asyncio.run(serve(config))
-    except ValueError as exc:  # e.g. a data split that cannot be made
+    # ValueError: e.g. a data split that cannot be made, a checkpoint for another model;
+    # ListenError: the address is taken or not this machine's
+    except (ValueError, ListenError) as exc:
         print(f"python -m node: error: {exc}", file=sys.stderr)
         return 2

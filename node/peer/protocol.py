@@ -17,14 +17,18 @@ unbounded. A peer that learns its neighbours are rounds ahead (it was down) jump
 After the last round, the final global merge floods every model through the live component
 (each peer forwards what it learned in the previous flood step) until a step brings nothing new,
 which proves the peer knows its whole component; every peer then takes the same float64 average
-in the same order, so all members of a component end with bit-identical models (spec 5.4 asks for
-this exactness; flooding costs at most two transfers of each model per edge).
+in the same order, so all members of a component end with bit-identical models (docs/algorithms.md
+§5.4 asks for this exactness; flooding costs at most two transfers of each model per edge).
+
+The JSON-lines log is the peer's record of events; the ``logging`` logger of this module only
+carries debug detail (sends that failed, tasks that ended with an error).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import resource
 import sys
@@ -34,7 +38,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
-import torch
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from gossip import (
     HttpTransport,
@@ -45,15 +51,25 @@ from gossip import (
     encode_message,
 )
 from mixing import component_average
-from node.config import PeerConfig
-from node.learning.algorithms import resolve_algorithm
-from node.learning.attacks import Attack
-from node.learning.data import Dataset, load_dataset, partition
-from node.learning.learner import make_learner
-from node.learning.training import TrainConfig
-from node.peer.checkpoint import load_checkpoint, save_checkpoint
+from node.config import PeerConfig, learner_for
+from node.learning import Dataset, load_dataset, partition
+from node.peer.checkpoint import check_fits, load_checkpoint, save_checkpoint
 
 FINAL_SUMMARY = "final.json"
+# states in which a round is in progress (status: current_round == rounds_completed)
+ROUND_STATES = ("starting", "training", "gossip")
+# why a neighbour answered a message with a 4xx status (the peer's own reasons in ``handle``)
+REFUSAL_REASONS = {400: "malformed", 403: "not a neighbour", 409: "stale", 413: "too large",
+                   422: "bad vector"}
+# statuses whose rejection counter /metrics shows from the start (at 0)
+COMMON_REJECTIONS = (400, 403, 409, 413, 422)
+
+logger = logging.getLogger(__name__)
+
+
+def refusal_reason(status: int) -> str:
+    """A short reason code for a 4xx answer, derived from the status alone."""
+    return REFUSAL_REASONS.get(status, "refused")
 
 
 def rss_megabytes() -> float:
@@ -102,6 +118,51 @@ class AdaptiveDeadline:
             (1 - self.smoothing) * self.average + self.smoothing * seconds
 
 
+class PeerMetrics(Collector):
+    """The peer's /metrics, read from ``Peer.status()`` at each scrape: every series has HELP
+    text and a ``peer`` label, and the rejection counter has a sample for each common status
+    from the start (0 until a message is refused)."""
+
+    def __init__(self, peer: Peer):
+        self.peer = peer
+
+    def collect(self):
+        s = self.peer.status()
+        label = [str(self.peer.id)]
+
+        def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, documentation, labels=["peer"])
+            family.add_metric(label, value)
+            return family
+
+        def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+            family = CounterMetricFamily(name, documentation, labels=["peer"])
+            family.add_metric(label, value)
+            return family
+
+        current = s["current_round"]
+        yield gauge("decent_round", "Round in progress (0-based; equals rounds_completed while "
+                    "training); once merging or done, the number of rounds completed",
+                    s["rounds_completed"] if current is None else current)
+        yield gauge("decent_rounds_completed", "Rounds this peer has completed",
+                    s["rounds_completed"])
+        yield gauge("decent_live_neighbours", "Neighbours not suspected of being down",
+                    len(s["live_neighbours"]))
+        yield gauge("decent_last_accuracy", "Test accuracy at the last evaluation (NaN before)",
+                    float("nan") if s["last_accuracy"] is None else s["last_accuracy"])
+        yield counter("decent_bytes_in_total", "Bytes of accepted gossip messages received",
+                      s["bytes_in"])
+        yield counter("decent_bytes_out_total", "Bytes of gossip messages delivered to "
+                      "neighbours", s["bytes_out"])
+        rejected = CounterMetricFamily(
+            "decent_messages_rejected_total", "Messages this peer refused, by HTTP status",
+            labels=["peer", "status"])
+        counts = {str(code): 0 for code in COMMON_REJECTIONS} | s["rejected"]
+        for code in sorted(counts, key=int):
+            rejected.add_metric(label + [code], counts[code])
+        yield rejected
+
+
 class Peer:
     """Build from a PeerConfig; ``await run()`` trains, merges and returns the final summary."""
 
@@ -109,28 +170,20 @@ class Peer:
                  data: Dataset | None = None, log: JsonLog | None = None,
                  inline: bool = False, work_s: float = 0.0):
         self.config = cfg = config
-        self.id = cfg.id
-        self.algorithm = resolve_algorithm(cfg.algorithm.name, cfg.algorithm.local_steps,
-                                           cfg.algorithm.rho, cfg.algorithm.gossip_steps)
-        data = data or load_dataset(cfg.data.dataset, cfg.data.num_shards, cfg.seed,
-                                    cfg.data.synthetic_alpha, cfg.data.synthetic_beta,
-                                    cfg.data.test_fraction)
-        shard = partition(data, cfg.data.num_shards, cfg.data.partition, cfg.seed,
-                          cfg.data.alpha, cfg.data.classes_per_node)[cfg.data.shard]
-        a = cfg.algorithm
-        train = TrainConfig(lr=a.lr, lr_decay=a.lr_decay, momentum=a.momentum,
-                            dampening=a.dampening, weight_decay=a.weight_decay,
-                            batch_size=a.batch_size)
-        attack = None if cfg.attack.kind == "none" else Attack(cfg.attack.kind, cfg.attack.scale)
-        self.learner = make_learner(cfg.id, data, shard, cfg.model.name, train, self.algorithm,
-                                    cfg.seed, cfg.device, cfg.model.hidden, cfg.mixing.name,
-                                    cfg.mixing.options(), cfg.mixing.init, attack)
-        self.x_test, self.y_test = data.x_test.to(cfg.device), data.y_test.to(cfg.device)
-        host, port = cfg.host_port
+        self.id = cfg.peer.id
+        self.algorithm = cfg.algorithm.resolve()
+        data = data or load_dataset(cfg.data, num_nodes=cfg.data.num_shards, seed=cfg.run.seed)
+        shard = partition(data, cfg.data, num_nodes=cfg.data.num_shards,
+                          seed=cfg.run.seed)[cfg.data.shard]
+        self.learner = learner_for(cfg, cfg.peer.id, data=data, shard=shard,
+                                   attack=cfg.attack.attack(), device=cfg.run.device)
+        self.x_test = data.x_test.to(cfg.run.device)
+        self.y_test = data.y_test.to(cfg.run.device)
+        host, port = cfg.peer.host_port
         self.transport = transport or HttpTransport(host, port, cfg.gossip.max_message_bytes)
         self.transport.set_peers(cfg.neighbours)
         self.neighbours = set(cfg.neighbours)
-        self.log = log or JsonLog(cfg.id, cfg.log_file)
+        self.log = log or JsonLog(cfg.peer.id, cfg.peer.log_file)
         g = cfg.gossip
         self.deadline = AdaptiveDeadline(g.deadline_floor_s, g.deadline_ceiling_s,
                                          g.deadline_factor)
@@ -144,7 +197,14 @@ class Peer:
         self.last_loss: float | None = None
         self.traffic = {"bytes_in": 0, "bytes_out": 0, "messages_in": 0, "messages_out": 0}
         self.rejected: dict[int, int] = defaultdict(int)
+        # "neighbour:status" -> how many of this peer's messages were refused that way
+        self.refused_by: dict[str, int] = defaultdict(int)
+        self.resumed = False
+        self.already_finished = False  # run() found the work done by an earlier run
         self.wait_times: list[float] = []
+        # one registry per peer (never the process-wide default: the simulator runs many peers)
+        self.metrics = CollectorRegistry(auto_describe=False)
+        self.metrics.register(PeerMetrics(self))
         self._arrived = asyncio.Event()
         self._stop = False
         self._first_wait = True
@@ -153,16 +213,19 @@ class Peer:
         # pass. The simulator's virtual clock needs it: work in a thread would take no simulated
         # time at all. A real peer trains in a worker thread.
         self.inline, self.work_s = inline, work_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"peer{cfg.id}")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"peer{cfg.peer.id}")
         self._resume()
 
     # -- state -------------------------------------------------------------------------------
 
     def _resume(self) -> None:
-        state = load_checkpoint(self.config.state_dir)
+        state = load_checkpoint(self.config.peer.state_dir)
         if state is None:
             return
+        check_fits(state, self.config.peer.state_dir, self.learner.model.size,
+                   repr(self.config.model.name))
         self.learner.load_state_dict(state["learner"])
+        self.resumed = True
         self.completed_rounds = int(state["round"])
         self.position = (self.completed_rounds, 0)
         self.traffic.update(state.get("traffic", {}))
@@ -173,9 +236,9 @@ class Peer:
         self.log.write("resumed", round=self.completed_rounds)
 
     def _checkpoint(self) -> None:
-        save_checkpoint(self.config.state_dir, {
+        save_checkpoint(self.config.peer.state_dir, {
             "round": self.completed_rounds, "learner": self.learner.state_dict(),
-            "traffic": dict(self.traffic), "torch_rng": torch.get_rng_state()})
+            "traffic": dict(self.traffic)})
 
     def request_stop(self) -> None:
         """Stop after the current step (SIGINT/SIGTERM)."""
@@ -211,7 +274,9 @@ class Peer:
         self.neighbour_round[sender] = max(self.neighbour_round.get(sender, 0), message.round)
         if message.kind == "model" and (message.round, message.step) < self.position:
             # a neighbour that is behind stays suspect: waiting for it again would cost every
-            # round a deadline until it catches up (found by scripts/study_churn.py)
+            # round a deadline until it catches up (found by scripts/study_churn.py). Counted,
+            # but not logged: a peer that was down can send many before it catches up.
+            self.rejected[409] += 1
             return 409, f"stale: ({message.round}, {message.step}) < {self.position}"
         if sender in self.suspect:
             self.suspect.discard(sender)
@@ -248,10 +313,24 @@ class Peer:
         g = self.config.gossip  # until the first rendezvous, a neighbour may still be starting
         timeout = g.startup_timeout_s if self._first_wait else g.deadline_ceiling_s
         status = await self.transport.send(peer, body, timeout, retry=self._first_wait)
-        if status is not None:
-            self.traffic["bytes_out"] += len(body)
-            self.traffic["messages_out"] += 1
+        if status is None:
+            logger.debug("peer %s: message to %s not delivered (unreachable or no answer)",
+                         self.id, peer)
+            return None
+        self.traffic["bytes_out"] += len(body)
+        self.traffic["messages_out"] += 1
+        if 400 <= status < 500:
+            self._refused(peer, status)
         return status
+
+    def _refused(self, peer: int, status: int) -> None:
+        """Count a 4xx answer; log the first of each (neighbour, status). The reason comes from
+        the status alone: the neighbour's answer text is never echoed."""
+        key = f"{peer}:{status}"
+        self.refused_by[key] += 1
+        if self.refused_by[key] == 1:
+            self.log.write("refused_by", neighbour=peer, status=status,
+                           reason=refusal_reason(status))
 
     def _lagging(self, round_index: int) -> bool:
         """True when a neighbour is two or more rounds ahead: it finished round
@@ -307,8 +386,8 @@ class Peer:
         return len(got)
 
     def share_histories(self) -> None:
-        """SybilWall's probabilistic gossip (spec 4.5): one stored history to each live
-        neighbour, without waiting; a late record is simply used in a later round."""
+        """SybilWall's probabilistic gossip (docs/algorithms.md §4.5): one stored history to each
+        live neighbour, without waiting; a late record is simply used in a later round."""
         for j in sorted(self.neighbours - self.suspect):
             picked = self.learner.history_for(j)
             if picked is not None:
@@ -343,13 +422,16 @@ class Peer:
         """Train the remaining rounds, merge, write the summary, close; returns the summary."""
         cfg = self.config
         try:
+            previous = self._previous_summary()
+            if previous is not None:
+                return self._already_done(previous)
             t = self.completed_rounds
-            while t < cfg.rounds and not self._stop:
+            while t < cfg.run.rounds and not self._stop:
                 if self._lagging(t):
                     ahead = max(self.neighbour_round.values())
-                    self.log.write("catch_up", from_round=t, to_round=min(ahead, cfg.rounds))
-                    t = min(ahead, cfg.rounds)
-                    if t >= cfg.rounds:
+                    self.log.write("catch_up", from_round=t, to_round=min(ahead, cfg.run.rounds))
+                    t = min(ahead, cfg.run.rounds)
+                    if t >= cfg.run.rounds:
                         break
                 await self._round(t)
                 t += 1
@@ -360,20 +442,52 @@ class Peer:
         finally:
             await self.close()
 
+    def _previous_summary(self) -> dict[str, Any] | None:
+        """The final summary of an earlier run that finished every configured round and its
+        merge (checkpoint at ``rounds``, final.json with state done), else None."""
+        if not self.resumed or self.completed_rounds < self.config.run.rounds:
+            return None
+        path = Path(self.config.peer.state_dir) / FINAL_SUMMARY
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            logger.debug("peer %s: no usable %s (%s): finishing the run", self.id, path,
+                         type(exc).__name__)
+            return None
+        return previous if isinstance(previous, dict) and previous.get("state") == "done" \
+            else None
+
+    def already_finished_note(self) -> str:
+        """The sentence a restarted peer that has nothing left to do prints."""
+        folder = self.config.peer.state_dir
+        return (f"peer {self.id} already finished its {self.completed_rounds} rounds (state in "
+                f"{folder}); to start afresh use a new --state-dir or delete {folder}; to train "
+                f"longer raise rounds")
+
+    def _already_done(self, previous: dict[str, Any]) -> dict[str, Any]:
+        """Nothing to train: say so and keep the earlier final.json as it is."""
+        self.already_finished = True
+        self.state = "done"
+        self.last_accuracy = previous.get("accuracy")
+        self.last_loss = previous.get("loss")
+        self.log.write("already_finished", rounds=self.completed_rounds,
+                       state_dir=self.config.peer.state_dir, note=self.already_finished_note())
+        return previous
+
     async def _round(self, t: int) -> None:
         cfg = self.config
         began = self._now()
         self.state, self.position = "training", (t, 0)
         bytes_before = dict(self.traffic)
         self.last_loss = await self._in_thread(self.learner.local_update, t)
-        heard = []
+        heard_per_step = []
         for q in range(self.algorithm.gossip_steps):
             self.state = "gossip"
-            heard.append(await self.gossip_step(t, q))
+            heard_per_step.append(await self.gossip_step(t, q))
             if self._stop:
                 return  # the checkpoint of the last whole round stays the one to resume from
         self.share_histories()
-        if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
+        if (t + 1) % cfg.run.eval_every == 0 or t + 1 == cfg.run.rounds:
             self.last_accuracy = await self._in_thread(self.learner.accuracy, self.x_test,
                                                        self.y_test)
         self.completed_rounds = t + 1
@@ -382,7 +496,8 @@ class Peer:
             "round", round=t + 1, loss=self.last_loss, accuracy=self.last_accuracy,
             bytes_in=self.traffic["bytes_in"] - bytes_before["bytes_in"],
             bytes_out=self.traffic["bytes_out"] - bytes_before["bytes_out"],
-            heard=heard, suspect=sorted(self.suspect), deadline_s=round(self.deadline.current(), 3),
+            neighbours_heard_per_step=heard_per_step, suspect=sorted(self.suspect),
+            deadline_s=round(self.deadline.current(), 3),
             round_s=round(self._now() - began, 4), rss_mb=round(rss_megabytes(), 1))
 
     async def final_merge(self) -> dict[str, Any]:
@@ -398,7 +513,7 @@ class Peer:
         ceiling, since peers reach the merge at different times.
         """
         self.state = "merging"
-        merge_round, ceiling = self.config.rounds, self.config.gossip.deadline_ceiling_s
+        merge_round, ceiling = self.config.run.rounds, self.config.gossip.deadline_ceiling_s
         known = {self.id: self.learner.params.detach().cpu().clone()}
         holds: dict[int, set[int]] = {j: {j} for j in self.neighbours}  # what j is known to have
         new_last_step, complete = True, False
@@ -449,17 +564,20 @@ class Peer:
             "component": merged["component"] if merged else None,
             "max_wait_s": max(self.wait_times, default=0.0),
             "rejected": {str(k): v for k, v in self.rejected.items()},
+            "refused_by": dict(self.refused_by),
             **self.traffic, "rss_mb": round(rss_megabytes(), 1), "state": self.state,
         }
-        Path(self.config.state_dir).mkdir(parents=True, exist_ok=True)
-        (Path(self.config.state_dir) / FINAL_SUMMARY).write_text(json.dumps(summary, indent=1))
+        Path(self.config.peer.state_dir).mkdir(parents=True, exist_ok=True)
+        (Path(self.config.peer.state_dir) / FINAL_SUMMARY).write_text(json.dumps(summary, indent=1))
         self.log.write("done", **{k: v for k, v in summary.items() if k != "component"})
         return summary
 
     async def close(self) -> None:
         for task in list(self._sends):
             task.cancel()
-        await asyncio.gather(*self._sends, return_exceptions=True)
+        for result in await asyncio.gather(*self._sends, return_exceptions=True):
+            if isinstance(result, Exception):
+                logger.debug("peer %s: a send ended with %s", self.id, type(result).__name__)
         await self.transport.close()
         self._executor.shutdown(wait=True)
         self.log.close()
@@ -467,14 +585,31 @@ class Peer:
     # -- endpoints ---------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        """What GET /status serves. The round fields cannot contradict each other:
+
+        - ``state``: starting, training, gossip (a round in progress), merging, done, stopped.
+        - ``rounds_completed``: rounds that are over for this peer (trained, gossiped and
+          checkpointed, or skipped by catching up with neighbours that were ahead). A round
+          counts once the next one begins, or the merge does.
+        - ``current_round``: the 0-based index of the round in progress while ``state`` is
+          starting, training or gossip, and then always equal to ``rounds_completed``; None
+          once ``state`` is merging, done or stopped (no round is in progress).
+        - ``gossip_step``: the gossip step being collected in the current round (0 while
+          training); while merging, the flood step.
+        """
+        if self.state in ROUND_STATES:
+            current = completed = self.position[0]
+        else:
+            current, completed = None, self.completed_rounds
         return {
-            "id": self.id, "state": self.state, "round": self.position[0],
-            "gossip_step": self.position[1], "rounds_completed": self.completed_rounds,
-            "rounds": self.config.rounds,
+            "id": self.id, "state": self.state, "current_round": current,
+            "gossip_step": self.position[1], "rounds_completed": completed,
+            "rounds": self.config.run.rounds,
             "live_neighbours": sorted(self.neighbours - self.suspect),
             "suspect": sorted(self.suspect), "last_accuracy": self.last_accuracy,
             "last_loss": self.last_loss, **self.traffic,
             "rejected": {str(k): v for k, v in self.rejected.items()},
+            "refused_by": dict(self.refused_by),
             "deadline_s": self.deadline.current(),
         }
 
@@ -485,20 +620,4 @@ class Peer:
         return "text/plain", "ok"
 
     async def _metrics_route(self) -> tuple[str, str]:
-        s = self.status()
-        accuracy = "NaN" if s["last_accuracy"] is None else s["last_accuracy"]
-        lines = [
-            "# TYPE decent_round gauge", f"decent_round {s['round']}",
-            "# TYPE decent_rounds_completed gauge",
-            f"decent_rounds_completed {s['rounds_completed']}",
-            "# TYPE decent_live_neighbours gauge",
-            f"decent_live_neighbours {len(s['live_neighbours'])}",
-            "# TYPE decent_last_accuracy gauge",
-            f"decent_last_accuracy {accuracy}",
-            "# TYPE decent_bytes_in_total counter", f"decent_bytes_in_total {s['bytes_in']}",
-            "# TYPE decent_bytes_out_total counter", f"decent_bytes_out_total {s['bytes_out']}",
-            "# TYPE decent_messages_rejected_total counter",
-        ]
-        lines += [f'decent_messages_rejected_total{{status="{k}"}} {v}'
-                  for k, v in sorted(self.rejected.items())]
-        return "text/plain; version=0.0.4", "\n".join(lines) + "\n"
+        return CONTENT_TYPE_LATEST, generate_latest(self.metrics).decode()
