@@ -53,6 +53,7 @@ from node.learning import (
 )
 from node.schema import (
     ALL_SECTIONS,
+    CONFIGS,
     Config,
     ConfigError,
     OneOf,
@@ -398,6 +399,10 @@ class _Experiment(Config):
 
     @model_validator(mode="after")
     def _whole(self) -> _Experiment:
+        if self.attack.kind is not None and self.attack.adversaries == 0 and \
+                self.attack.phi is None:
+            raise ValueError("[attack] say where the adversaries are: adversaries K "
+                             "(--adversaries), or phi PHI with optionally sybils S (--phi)")
         if self.attack.adversaries >= self.graph.nodes:
             raise ValueError(f"[attack] adversaries must be < [graph] nodes "
                              f"({self.graph.nodes}), got {self.attack.adversaries}")
@@ -466,6 +471,7 @@ class LaunchConfig(_Experiment):
 
 for _cls in (PeerConfig, SimConfig, LaunchConfig):
     ALL_SECTIONS.update({name: f.annotation for name, f in _cls.model_fields.items()})
+    CONFIGS[_cls.TOOL] = _cls
 
 __all__ = [
     "AlgorithmSection", "AttackSection", "Config", "ConfigError", "DataSection", "ENGINES",

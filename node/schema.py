@@ -247,6 +247,11 @@ class Config(BaseModel):
                 nested[name] = value  # a plain table such as neighbours
                 continue
             if name not in keys:
+                users = [t for t, c in CONFIGS.items() if name in c.flat_keys()]
+                if users:
+                    raise ConfigError(f"setting {name!r} does not apply to "
+                                      f"{TOOL_NAMES[cls.TOOL]} (only to "
+                                      f"{' and '.join(TOOL_NAMES[t] for t in users)})")
                 raise ConfigError(f"unknown setting {name!r}{suggest(name, keys)}")
             section, key = keys[name]
             nested.setdefault(section, {})[key] = value
@@ -298,6 +303,7 @@ def _top_level_hint(cls: type[Config], key: str) -> str:
 
 
 ALL_SECTIONS: dict[str, type[Section]] = {}  # filled by node.config: every section of any tool
+CONFIGS: dict[str, type[Config]] = {}  # filled by node.config: tool -> its Config class
 
 
 def merge_tables(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -411,6 +417,10 @@ class SettingsParser(argparse.ArgumentParser):
         super().__init__(prog=prog, description=description, epilog=epilog,
                          allow_abbrev=False,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def error(self, message: str):  # type: ignore[override]
+        """One line, no usage block (which lists every setting and would bury the reason)."""
+        self.exit(2, f"{self.prog}: error: {message} (--help lists every setting)\n")
 
     def parse_args(self, args=None, namespace=None):  # type: ignore[override]
         namespace, unknown = self.parse_known_args(args, namespace)

@@ -26,12 +26,15 @@ from sim.study import SeedRunner, markdown_table, mean_std, study_parser
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ("average", "foolsgold", "sybilwall", "median", "krum")
 
+ATTACK = "label-flip"
+
 
 def base_config(args) -> SimConfig:
+    """The study's setting without the attack (each arm adds the Sybils it needs)."""
     return SimConfig.of(nodes=args.nodes, topology="random-geometric", radius=args.radius,
-                     max_degree=5, model="logreg", partition="dirichlet", alpha=args.alpha,
-                     algorithm="dfedavg", rounds=args.rounds, eval_every=args.rounds,
-                     final_merge=False, attack="label-flip")
+                        max_degree=5, model="logreg", partition="dirichlet", alpha=args.alpha,
+                        algorithm="dfedavg", rounds=args.rounds, eval_every=args.rounds,
+                        final_merge=False)
 
 
 class FlipProbe:
@@ -105,22 +108,23 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     runner = SeedRunner(args.seeds, args.quiet)
     base = base_config(args)
-    baseline = summarise(runner.run("no attack, average", base.updated(attack=None),
+    baseline = summarise(runner.run("no attack, average", base,
                                     lambda: [FlipProbe()]))
     baseline_wall = summarise(runner.run("no attack, sybilwall",
-                                         base.updated(attack=None, mixing="sybilwall"),
+                                         base.updated(mixing="sybilwall"),
                                          lambda: [FlipProbe()]))
     phis = [float(v) for v in args.phis.split(",")]
     phi_results = {}
     for phi in phis:
         for rule in RULES:
             phi_results[(phi, rule)] = summarise(runner.run(
-                f"phi {phi:g}, {rule}", base.updated(phi=phi, mixing=rule)))
+                f"phi {phi:g}, {rule}", base.updated(attack=ATTACK, phi=phi, mixing=rule)))
     count_results = {}
     for count in (int(v) for v in args.sybil_counts.split(",")):
         for rule in ("average", "sybilwall"):
             count_results[(count, rule)] = summarise(runner.run(
-                f"phi 1, S={count}, {rule}", base.updated(phi=1.0, sybils=count, mixing=rule)))
+                f"phi 1, S={count}, {rule}", base.updated(attack=ATTACK, phi=1.0, sybils=count,
+                                                    mixing=rule)))
     header = ["phi"] + [f"{rule}: attack / clean" for rule in RULES]
     rows = [[f"{phi:g}"] + [f"{mean_std(phi_results[(phi, r)]['attack'], 2)} / "
                             f"{mean_std(phi_results[(phi, r)]['clean'], 2)}" for r in RULES]

@@ -45,9 +45,9 @@ POLL_S = 0.001  # simulated seconds between the controller's looks at the peers
 
 def peer_refusal(config: SimConfig) -> str | None:
     if config.graph.data_fraction < 1.0:
-        return "--data-fraction: a real peer always holds a data shard"
+        return "[graph] data_fraction: a real peer always holds a data shard"
     if config.attack.phi is not None:
-        return "--phi: Sybil identities exist in the reference engine only"
+        return "[attack] phi: Sybil identities exist in the reference engine only"
     if config.data.dataset == "digits" and config.graph.nodes > 1347:
         return "more peers than digits training images"
     return None
@@ -97,7 +97,7 @@ class PeerSimulation(Simulation):
         back = sorted(set(peers) - self.alive)
         for v in back:
             if fresh:
-                shutil.rmtree(self._configs[v].state_dir, ignore_errors=True)
+                shutil.rmtree(self._configs[v].peer.state_dir, ignore_errors=True)
             self._pending.append(v)
         self.alive |= set(back)
 

@@ -1,11 +1,15 @@
 """Scenario files: a whole study in one TOML file, with a timeline of disruptions.
 
-A scenario is the simulator's settings (the same keys as ``--config``) plus ``[[events]]``::
+A scenario is the simulator's settings (the same sections as ``--config``) plus
+``[[events]]``::
 
+    [graph]
     nodes = 60
     topology = "barabasi-albert"
     attach = 2
     data_fraction = 0.5          # the other peers only relay
+
+    [run]
     rounds = 60
 
     [[events]]

@@ -34,8 +34,8 @@ def test_batched_engine_matches_the_reference_on_a_scenario_with_a_crash(setting
                 alpha=0.5, seed=3, **settings)
     events = [Event("crash", round=4, fraction=0.25, select="degree"),
               Event("rejoin", round=8, state="fresh")]
-    ref, ref_rows, ref_summary = rows(SimConfig(engine="reference", **base), events)
-    bat, bat_rows, bat_summary = rows(SimConfig(engine="batched", **base), events)
+    ref, ref_rows, ref_summary = rows(SimConfig.of(engine="reference", **base), events)
+    bat, bat_rows, bat_summary = rows(SimConfig.of(engine="batched", **base), events)
     assert isinstance(bat, BatchedSimulation)
     assert len(ref_rows) == len(bat_rows) == 12
     for a, b in zip(ref_rows, bat_rows, strict=True):
@@ -48,8 +48,8 @@ def test_batched_engine_matches_the_reference_on_a_scenario_with_a_crash(setting
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--mixing", "median"], "--mixing median keeps per-peer state"),
-    (["--attack", "noise", "--adversaries", "1"], "--attack needs per-peer behaviour"),
+    (["--mixing", "median"], "[mixing] name = median keeps per-peer state"),
+    (["--attack", "noise", "--adversaries", "1"], "[attack] kind needs per-peer behaviour"),
 ])
 def test_batched_engine_refuses_what_it_cannot_batch(flags, message, tmp_path, capsys):
     code = main(["--engine", "batched", "--nodes", "6", "--rounds", "1", "--quiet",
@@ -62,5 +62,5 @@ def test_batched_cli_run_writes_the_same_files(tmp_path):
     assert main(["--engine", "batched", "--nodes", "32", "--topology", "torus", "--rounds", "3",
                  "--algorithm", "dfedavg", "--quiet", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["config"]["engine"] == "batched" and summary["mean_acc"] > 0.3
+    assert summary["config"]["sim"]["engine"] == "batched" and summary["mean_acc"] > 0.3
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3

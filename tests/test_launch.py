@@ -4,7 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from node.config import load_peer_config, parse_peer_config
+from node.config import PeerConfig
+from node.launcher import PeerProcess, progress_text
 from tests.helpers import no_peer_left_behind, peer_processes, running, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,12 @@ def test_launch_8_peers_on_a_ring_completes_and_leaves_no_process(tmp_path):
             assert 0.0 < peer["accuracy"] <= 1.0
             assert peer["merged_accuracy"] == summary["merged_acc"]
         assert (out / "accuracy.png").exists()
-        assert json.loads(result.stdout.strip().splitlines()[-1])["nodes"] == 8
+        # the figures are printed once, as the table (no bare JSON object after it)
+        assert result.stdout.count("mean peer accuracy") == 1
+        assert not result.stdout.strip().splitlines()[-1].startswith("{")
+        # the settings are called "config", nested by section, as in the simulator's summary
+        assert summary["config"]["graph"]["nodes"] == 8 and "settings" not in summary
+        assert summary["interrupted"] is False
 
 
 def test_interrupting_the_launcher_stops_every_peer(tmp_path):
@@ -40,6 +46,25 @@ def test_interrupting_the_launcher_stops_every_peer(tmp_path):
             assert len(peer_processes(str(out))) == 4
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=60) == 130
+    # what was done is still reported: summary, plot, and the table (marked as interrupted)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True
+    assert any(p["rounds_completed"] >= 1 for p in summary["peers"].values())
+    assert (out / "accuracy.png").exists()
+
+
+def test_an_interrupted_launch_prints_its_table(tmp_path):
+    out = tmp_path / "run"
+    with no_peer_left_behind(str(out)):
+        with running([sys.executable, "scripts/launch.py", "--nodes", "3", "--rounds", "100000",
+                      "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                     stderr=subprocess.DEVNULL, text=True) as proc:
+            wait_for(lambda: any((out / f"peer{i}" / "checkpoint.pt").exists()
+                                 for i in range(3)), 120, "a peer to complete a round")
+            proc.send_signal(signal.SIGINT)
+            stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "INTERRUPTED" in stdout and "mean peer accuracy" in stdout
 
 
 def test_emit_configs_for_several_hosts_starts_nothing(tmp_path):
@@ -50,12 +75,13 @@ def test_emit_configs_for_several_hosts_starts_nothing(tmp_path):
          "--emit-configs", str(tmp_path / "deploy"), "--hosts", str(hosts)],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    configs = [parse_peer_config(load_peer_config(tmp_path / "deploy" / f"peer{i}.toml"))
-               for i in range(4)]
-    assert [c.listen for c in configs] == ["0.0.0.0:8000", "0.0.0.0:9000", "0.0.0.0:8001",
-                                           "0.0.0.0:9001"]
+    configs = [PeerConfig.load(tmp_path / "deploy" / f"peer{i}.toml") for i in range(4)]
+    # each peer listens on the address the hosts file gives it (not 0.0.0.0 whatever it says)
+    assert [c.peer.listen for c in configs] == ["10.0.0.5:8000", "10.0.0.6:9000",
+                                                "10.0.0.5:8001", "10.0.0.6:9001"]
     assert configs[0].neighbours == {1: "http://10.0.0.6:9000", 3: "http://10.0.0.6:9001"}
     assert {c.data.shard for c in configs} == {0, 1, 2, 3}
+    assert configs[2].peer.state_dir == "state/peer2"
     assert peer_processes(str(tmp_path / "deploy")) == []
 
 
@@ -80,3 +106,14 @@ def test_churn_killed_peers_restart_and_every_peer_finishes(tmp_path):
                    for line in (out / f"peer{i}" / "log.jsonl").read_text().splitlines()
                    if '"event": "resumed"' in line]
         assert len(resumed) == 2
+
+
+def test_the_live_line_says_what_it_counts(tmp_path):
+    peers = [PeerProcess(tmp_path / f"{i}.toml", tmp_path / f"{i}.log", tmp_path)
+             for i in range(3)]
+    # before any process has started, nothing is called live
+    assert progress_text(peers, 30) == "starting: 0/3 peers serving, no round done yet"
+    peers[0].rounds, peers[1].rounds, peers[2].rounds = {1: 0.5}, {1: 0.5, 2: 0.7}, {1: 0.4}
+    text = progress_text(peers, 30)
+    assert text.startswith("rounds done 1 (slowest) to 2 (fastest) of 30")
+    assert "peers serving 0/3" in text

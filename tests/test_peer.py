@@ -13,33 +13,25 @@ import pytest
 import torch
 
 import topology as T
-from gossip import InMemoryHub, Message, encode, encode_message
-from node.config import AlgorithmSection, DataSection, GossipSection, PeerConfig
-from node.learning import load_digits
+from gossip import Message, encode, encode_message
 from node.peer import JsonLog, Peer
 from node.peer.checkpoint import load_checkpoint
 from sim import SimConfig, Simulation
-from tests.helpers import running, wait_for
+from tests.helpers import digits_data, peer_config, run_memory_network, running, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-DIGITS = load_digits()
+DIGITS = digits_data()
+__all__ = ["peer_config", "start_peers"]  # also used by tests/test_peer_edges.py
 
 
-def peer_config(i, n, tmp_path, rounds, algorithm="dfedsam-mgs", gossip_steps=2, **gossip):
-    return PeerConfig(
-        id=i, rounds=rounds, seed=0, state_dir=str(tmp_path / f"peer{i}"),
-        data=DataSection(partition="dirichlet", alpha=0.5, shard=i, num_shards=n),
-        algorithm=AlgorithmSection(name=algorithm, gossip_steps=gossip_steps
-                                   if algorithm == "dfedsam-mgs" else None),
-        gossip=GossipSection(**gossip))
-
-
-async def start_peers(graph, tmp_path, rounds, **kwargs):
+async def start_peers(graph, tmp_path, rounds, algorithm="dfedsam-mgs", **settings):
     """Peers on 127.0.0.1 with OS-chosen ports, wired to their neighbours once all listen."""
     n = graph.number_of_nodes()
+    if algorithm == "dfedsam-mgs":
+        settings.setdefault("gossip_steps", 2)
     peers = []
     for i in range(n):
-        config = peer_config(i, n, tmp_path, rounds, **kwargs)
+        config = peer_config(i, n, tmp_path, rounds, algorithm=algorithm, **settings)
         config.neighbours = {j: "http://127.0.0.1:1" for j in graph.neighbors(i)}
         peers.append(Peer(config, data=DIGITS, log=JsonLog(i, stream=io.StringIO())))
     for p in peers:
@@ -57,7 +49,7 @@ async def test_peers_over_loopback_http_equal_the_simulator(tmp_path):
         p.config.algorithm.final_merge = False
     summaries = await asyncio.gather(*(p.run() for p in peers))
     assert all(s["rounds_completed"] == 4 and s["bytes_out"] > 0 for s in summaries)
-    sim = Simulation.from_config(SimConfig(
+    sim = Simulation.from_config(SimConfig.of(
         nodes=5, topology="ring", rounds=4, partition="dirichlet", alpha=0.5, seed=0,
         algorithm="dfedsam-mgs", gossip_steps=2, final_merge=False))
     sim.run()
@@ -204,25 +196,18 @@ def test_sigterm_stops_cleanly_after_the_current_step(tmp_path):
 
 def test_bad_peer_config_names_the_key(tmp_path):
     path = tmp_path / "peer.toml"
-    path.write_text('id = 1\n[gossip]\ndeadline_floor_s = -1\n')
+    path.write_text('[peer]\nid = 1\n[gossip]\ndeadline_floor_s = -1\n')
     result = subprocess.run([sys.executable, "-m", "node", "--config", str(path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=60, env={**os.environ})
     assert result.returncode == 2
-    assert "[gossip] deadline_floor_s must be > 0" in result.stderr
+    assert "[gossip] deadline_floor_s: must be > 0" in result.stderr
+    assert result.stderr.count("\n") == 1  # one line: no usage block, no traceback
 
 
 async def run_in_memory(tmp_path, codec):
-    hub = InMemoryHub()
-    graph = T.ring(4)
-    peers = []
-    for i in range(4):
-        config = peer_config(i, 4, tmp_path / codec, rounds=3, algorithm="dfedavg", codec=codec)
-        config.neighbours = {j: "memory" for j in graph.neighbors(i)}
-        config.algorithm.final_merge = False
-        peers.append(Peer(config, transport=hub.transport(i), data=DIGITS,
-                          log=JsonLog(i, stream=io.StringIO())))
-    for p in peers:
-        await p.start()
+    configs = [peer_config(i, 4, tmp_path / codec, rounds=3, algorithm="dfedavg", codec=codec,
+                           final_merge=False) for i in range(4)]
+    peers = await run_memory_network(T.ring(4), configs, run=False)
     summaries = await asyncio.gather(*(p.run() for p in peers))
     assert all(s["rounds_completed"] == 3 for s in summaries)
     return [p.learner.params.clone() for p in peers], summaries
@@ -230,7 +215,7 @@ async def run_in_memory(tmp_path, codec):
 
 async def test_in_memory_transport_and_lossy_codecs_selected_by_config(tmp_path):
     exact, summaries = await run_in_memory(tmp_path, "f32")
-    sim = Simulation.from_config(SimConfig(
+    sim = Simulation.from_config(SimConfig.of(
         nodes=4, topology="ring", rounds=3, partition="dirichlet", alpha=0.5, seed=0,
         algorithm="dfedavg", final_merge=False))
     sim.run()

@@ -37,9 +37,9 @@ def test_the_simulated_clock_jumps_over_waits_and_keeps_their_order():
 
 
 def test_peer_engine_equals_the_reference_engine_without_events():
-    reference = Simulation.from_config(SimConfig(**BASE))
+    reference = Simulation.from_config(SimConfig.of(**BASE))
     reference.run()
-    peers = PeerSimulation.from_config(SimConfig(engine="peers", **BASE))
+    peers = PeerSimulation.from_config(SimConfig.of(engine="peers", **BASE))
     summary = peers.run()
     for a, b in zip(reference.learners, peers.learners, strict=True):
         assert torch.equal(a.params, b.params)
@@ -49,14 +49,19 @@ def test_peer_engine_equals_the_reference_engine_without_events():
 def crash_run():
     events = [Event("crash", round=2, nodes=[3]), Event("rejoin", round=4, nodes=[3])]
     recorder = Recorder()
-    sim = build_simulation(SimConfig(engine="peers", **BASE), [recorder], events)
+    # the launcher's former waits (floor 2 s, startup 120 s), which the test below measures
+    config = SimConfig.of(engine="peers", deadline_floor_s=2.0, startup_timeout_s=120.0, **BASE)
+    sim = build_simulation(config, [recorder], events)
     sim.run()
     return sim, recorder.rows
 
 
 def test_a_crash_is_suspected_after_one_deadline_and_no_round_waits_longer():
     sim, rows = crash_run()
-    ceiling = 10.0  # LaunchSettings' deadline ceiling; the floor (2 s) is what a crash costs
+    # [gossip] deadline_ceiling_s (default 10 s); the floor (deadline_floor_s = 2 s, set in
+    # crash_run) is what a crash costs
+    ceiling = sim.config.gossip.deadline_ceiling_s
+    assert ceiling == 10.0 and sim.config.gossip.deadline_floor_s == 2.0
     assert [r["round"] for r in rows] == list(range(1, 7))
     assert rows[0]["suspects"] == 0 and max(r["suspects"] for r in rows) >= 2
     assert all(r["max_round_s"] <= ceiling + 3 * PeerSimulation.work_s for r in rows)
@@ -71,8 +76,18 @@ def test_a_crash_is_suspected_after_one_deadline_and_no_round_waits_longer():
 
 def test_peer_engine_refuses_relays_and_runs_from_the_cli(tmp_path, capsys):
     with pytest.raises(ValueError, match="a real peer always holds a data shard"):
-        PeerSimulation.from_config(SimConfig(engine="peers", data_fraction=0.5, **BASE))
+        PeerSimulation.from_config(SimConfig.of(engine="peers", data_fraction=0.5, **BASE))
     assert main(["--engine", "peers", "--nodes", "6", "--rounds", "3", "--model", "logreg",
                  "--quiet", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["config"]["engine"] == "peers" and "simulated_s" in summary
+    assert summary["config"]["sim"]["engine"] == "peers" and "simulated_s" in summary
+
+
+def test_a_fresh_rejoin_restarts_the_peer_from_the_initial_model():
+    config = SimConfig.of(engine="peers", nodes=6, rounds=4, model="logreg")
+    events = [Event("crash", round=1, nodes=[2]), Event("rejoin", round=2, nodes=[2],
+                                                        state="fresh")]
+    recorder = Recorder()
+    build_simulation(config, [recorder], events).run()
+    assert [r["round"] for r in recorder.rows][-1] == 4
+    assert recorder.rows[-1]["alive"] == 6

@@ -192,7 +192,7 @@ state = "fresh"
     ({"kind": "partition", "round": 5, "until": 2}, "key 'until' must be after round"),
     ({"kind": "crash", "nodes": [1], "colour": "red"}, "unknown key 'colour'"),
     ({"kind": "battery", "lifetime": [5, 2]}, "key 'lifetime' must be [low, high]"),
-    ({"kind": "crash", "nodes": "all"}, "key 'nodes' must be list[int]"),
+    ({"kind": "crash", "nodes": "all"}, "events[0] (crash): key 'nodes' must be list, got 'all'"),
 ])
 def test_bad_events_name_the_event_and_the_key(event, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")

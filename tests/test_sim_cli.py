@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sim import Recorder, SimConfig, Simulation
-from sim.cli import main, parse_config
+from sim.cli import main, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def test_python_m_sim_writes_metrics_summary_and_plot(tmp_path):
     assert rows[0]["messages"] == 72
     assert rows[0]["bytes_sent"] == 72 * 4 * 4810
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["seed"] == 0 and summary["config"]["gossip_steps"] == 2
+    assert summary["seed"] == 0 and summary["config"]["algorithm"]["gossip_steps"] == 2
     assert len(summary["node_accuracy"]) == 9
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert "merged acc" in result.stdout
@@ -49,14 +49,15 @@ def test_the_readme_demo_config_runs(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--topology", "hypercube"], "--topology: unknown 'hypercube'; valid: ring"),
-    (["--algorithm", "fedprox"], "--algorithm: unknown 'fedprox'; valid: dsgd"),
-    (["--nodes", "1"], "--nodes: must be >= 2, got 1"),
-    (["--lr", "0"], "--lr: must be > 0.0"),
-    (["--rho", "0.1"], "--rho=0.1 does not apply to dsgd"),
+    (["--topology", "hypercube"], r"\[graph\] topology: unknown 'hypercube'; valid: ring"),
+    (["--algorithm", "fedprox"], r"\[algorithm\] name: unknown 'fedprox'; valid: dsgd"),
+    (["--nodes", "1"], r"\[graph\] nodes: must be >= 2, got 1"),
+    (["--lr", "0"], r"\[algorithm\] lr: must be > 0.0"),
+    (["--rho", "0.1"], r"\[algorithm\] rho = 0.1 does not apply to dsgd"),
     (["--topology", "random-regular", "--degree", "3", "--nodes", "5"], "n\\*degree even"),
     (["--batch-size", "many"], "argument --batch-size: invalid int value"),
     (["--config", "missing.toml"], "--config: file missing.toml does not exist"),
+    (["--node", "4"], r"unrecognized argument --node; did you mean --nodes\?"),
 ])
 def test_bad_arguments_get_one_clear_line_and_a_nonzero_exit(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -69,7 +70,7 @@ def test_bad_arguments_get_one_clear_line_and_a_nonzero_exit(tmp_path, capsys, a
 
 def test_a_bad_flag_exits_nonzero_from_the_shell():
     result = run_cli("--topology", "hypercube")
-    assert result.returncode == 2 and "--topology: unknown 'hypercube'" in result.stderr
+    assert result.returncode == 2 and "[graph] topology: unknown 'hypercube'" in result.stderr
 
 
 def test_help_lists_every_topology_and_algorithm():
@@ -81,24 +82,28 @@ def test_help_lists_every_topology_and_algorithm():
         assert name in text
 
 
-def test_toml_config_is_read_and_flags_override_it(tmp_path):
+def test_toml_config_is_read_and_flags_override_it(tmp_path, capsys):
     path = tmp_path / "c.toml"
-    path.write_text('nodes = 8\ntopology = "exponential"\nlocal-steps = 3\nalgorithm = "dfedavg"'
-                    '\nseed = 4\n')
-    config, _ = parse_config(["--config", str(path), "--seed", "9"])
-    assert (config.nodes, config.topology, config.local_steps, config.seed) == (8, "exponential",
-                                                                              3, 9)
-    path.write_text("nodez = 8\n")
-    with pytest.raises(SystemExit):
-        parse_config(["--config", str(path)])
-    path.write_text('nodes = "eight"\n')
-    with pytest.raises(SystemExit):
-        parse_config(["--config", str(path)])
+    path.write_text('[graph]\nnodes = 8\ntopology = "exponential"\n\n'
+                    '[algorithm]\nname = "dfedavg"\nlocal_steps = 3\n\n[run]\nseed = 4\n')
+    config, _ = parse_args(["--config", str(path), "--seed", "9"])
+    assert (config.graph.nodes, config.graph.topology, config.algorithm.name,
+            config.algorithm.local_steps, config.run.seed) == (8, "exponential", "dfedavg", 3, 9)
+    capsys.readouterr()
+    for text, message in [
+        ("[graph]\nnodez = 8\n", "unknown key [graph] nodez; did you mean 'nodes'?"),
+        ("nodes = 8\n", "key 'nodes' must be inside its section: [graph] nodes"),
+        ('[graph]\nnodes = "eight"\n', "[graph] nodes: must be int, got 'eight'"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(SystemExit):
+            parse_args(["--config", str(path)])
+        assert message in capsys.readouterr().err
 
 
 def metrics_of(seed, **overrides):
-    config = SimConfig(nodes=6, rounds=3, partition="dirichlet", alpha=0.5, seed=seed,
-                       topology="erdos-renyi", **overrides)
+    config = SimConfig.of(nodes=6, rounds=3, partition="dirichlet", alpha=0.5, seed=seed,
+                          topology="erdos-renyi", **overrides)
     sim = Simulation.from_config(config)
     recorder = Recorder()
     sim.observers.append(recorder)
@@ -122,7 +127,7 @@ def test_final_merge_gives_every_peer_the_exact_average():
 
 
 def test_time_varying_topology_and_synthetic_data_run():
-    config = SimConfig(nodes=8, rounds=3, topology="one-peer-exponential", dataset="synthetic",
-                       partition="natural", model="logreg", seed=2)
+    config = SimConfig.of(nodes=8, rounds=3, topology="one-peer-exponential",
+                          dataset="synthetic", partition="natural", model="logreg", seed=2)
     summary = Simulation.from_config(config).run()
     assert 0.0 <= summary["mean_acc"] <= 1.0 and summary["model_parameters"] == 610

@@ -46,7 +46,7 @@ class Attack:
 
     def __post_init__(self):
         if self.scale is not None and self.scale <= 0:
-            raise ValueError(f"--attack-scale must be > 0, got {self.scale}")
+            raise ValueError(f"[attack] scale must be > 0, got {self.scale}")
 
     @property
     def strength(self) -> float:
@@ -144,7 +144,7 @@ def add_trigger(x: torch.Tensor) -> torch.Tensor:
 def choose_adversaries(num_nodes: int, count: int, seed: int) -> list[int]:
     """``count`` distinct peers drawn uniformly with ``seed`` (sorted)."""
     if not 0 <= count < num_nodes:
-        raise ValueError(f"--adversaries must be in [0, {num_nodes - 1}] for {num_nodes} peers, "
+        raise ValueError(f"[attack] adversaries must be in [0, {num_nodes - 1}] for {num_nodes} peers, "
                          f"got {count}")
     rng = np.random.default_rng(seed)
     return sorted(int(i) for i in rng.choice(num_nodes, size=count, replace=False))

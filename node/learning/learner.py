@@ -111,7 +111,7 @@ def make_learner(node_id: int, *, data: Dataset, shard: torch.Tensor, model: str
     learners here, which is what makes their runs comparable number for number.
     """
     if init not in INITS:
-        raise ValueError(f"--init: unknown {init!r}; valid: {', '.join(INITS)}")
+        raise ValueError(f"[mixing] init: unknown {init!r}; valid: {', '.join(INITS)}")
     init_seed = derive_seed(seed, "init") if init == "shared" else \
         derive_seed(seed, "init", node_id + 1)
     flat = build_model(model, in_features=data.in_features, num_classes=data.num_classes,
