@@ -47,13 +47,14 @@ def events(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def in_memory_peers(tmp_path, rounds, graph, **kwargs):
+def in_memory_peers(tmp_path, rounds, graph, **settings):
+    """Peers on an in-memory hub along ``graph`` (not started), without the final merge; and
+    their logs."""
     hub, logs, peers = InMemoryHub(), [], []
     n = graph.number_of_nodes()
     for i in range(n):
-        config = peer_config(i, n, tmp_path, rounds, **kwargs)
-        config.neighbours = {j: "memory" for j in graph.neighbors(i)}
-        config.algorithm.final_merge = False
+        config = peer_config(i, n, tmp_path, rounds, final_merge=False, **settings)
+        config.neighbours = {j: "http://in-memory" for j in graph.neighbors(i)}
         logs.append(io.StringIO())
         peers.append(Peer(config, transport=hub.transport(i), data=DIGITS,
                           log=JsonLog(i, stream=logs[i])))
@@ -77,23 +78,23 @@ def test_a_busy_port_gives_one_line_naming_the_address(tmp_path):
 
 def test_a_state_dir_reused_with_another_model_says_how_to_start_afresh(tmp_path):
     state, config = tmp_path / "state", tmp_path / "peer.toml"
+    args = ("--config", str(config), "--id", "0", "--rounds", "1", "--state-dir", str(state),
+            "--log-file", str(tmp_path / "log"))
 
     def write_config(model: str) -> None:
-        config.write_text(f'id = 0\nlisten = "127.0.0.1:0"\nrounds = 1\n'
-                          f'state_dir = {json.dumps(str(state))}\n'
-                          f'log_file = {json.dumps(str(tmp_path / "log"))}\n'
-                          f'[model]\nname = "{model}"\n[algorithm]\nname = "dsgd"\n')
+        config.write_text(f'[model]\nname = "{model}"\n[algorithm]\nname = "dsgd"\n')
 
     write_config("logreg")
-    assert run_node("--config", str(config))[0] == 0
+    assert run_node(*args)[0] == 0
     write_config("mlp")
-    rc, stderr = run_node("--config", str(config))
+    rc, stderr = run_node(*args)
     assert rc == 2
     assert "Traceback" not in stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     line = lines[0]
-    sizes = {name: build_model(name, DIGITS.in_features, DIGITS.num_classes, 0).size
+    sizes = {name: build_model(name, in_features=DIGITS.in_features,
+                               num_classes=DIGITS.num_classes, seed=0).size
              for name in ("logreg", "mlp")}
     assert str(state / "checkpoint.pt") in line
     assert f"holds {sizes['logreg']} parameters" in line
@@ -174,7 +175,8 @@ async def test_metrics_have_help_a_peer_label_and_rejection_samples_from_the_sta
 
 
 async def test_the_round_log_counts_neighbours_heard_per_gossip_step(tmp_path):
-    peers, logs = in_memory_peers(tmp_path, 2, T.complete(2), gossip_steps=3)
+    peers, logs = in_memory_peers(tmp_path, 2, T.complete(2), algorithm="dfedsam-mgs",
+                                  gossip_steps=3)
     for p in peers:
         await p.start()
     await asyncio.gather(*(p.run() for p in peers))
@@ -245,7 +247,7 @@ async def test_the_checkpoint_holds_no_unused_torch_rng_state(tmp_path):
     peers, _ = in_memory_peers(tmp_path, 1, nx.empty_graph(1), algorithm="dsgd")
     await peers[0].start()
     await peers[0].run()
-    state = load_checkpoint(peers[0].config.state_dir)
+    state = load_checkpoint(tmp_path / "peer0")
     assert state["round"] == 1
     assert "torch_rng" not in state
     assert set(state) == {"round", "learner", "traffic"}
