@@ -107,7 +107,8 @@ class InMemoryTransport(Transport):
 class HttpTransport(Transport):
     """aiohttp server (POST /gossip plus GET routes) and one pooled client session."""
 
-    def __init__(self, host: str, port: int, max_body: int, peers: dict[int, str] | None = None):
+    def __init__(self, host: str, port: int, max_body: int, *,
+                 peers: dict[int, str] | None = None):
         self.host, self.port, self.max_body = host, port, max_body
         self.peers: dict[int, str] = dict(peers or {})
         self._runner: web.AppRunner | None = None

@@ -353,7 +353,7 @@ class SybilWall(MixingRule):
     name = "sybilwall"
     HISTORY_MODES = ("latest", "sum")
 
-    def __init__(self, own_id: int, history_mode: str = "latest", gossip: bool = True,
+    def __init__(self, own_id: int, *, history_mode: str = "latest", gossip: bool = True,
                  decay: float = 0.8, seed: int = 0, init: torch.Tensor | None = None):
         if history_mode not in self.HISTORY_MODES:
             raise ValueError(f"history_mode: unknown {history_mode!r}; valid: "
@@ -440,7 +440,7 @@ MIXING_NAMES = ("average", "variance-corrected", "sybilwall", "foolsgold", "medi
                 "trimmed-mean", "krum", "multi-krum", "nna", "clipped-gossip")
 
 
-def make_rule(name: str, own_id: int = 0, boundaries: Boundaries = (), f: int = 1,
+def make_rule(name: str, *, own_id: int = 0, boundaries: Boundaries = (), f: int = 1,
               radius: float | None = None, own_weight: float | None = None,
               target: str = "others", history_mode: str = "latest", decay: float = 0.8,
               seed: int = 0, init: torch.Tensor | None = None) -> MixingRule:
@@ -454,8 +454,10 @@ def make_rule(name: str, own_id: int = 0, boundaries: Boundaries = (), f: int = 
     builders = {
         "average": lambda: Average(),
         "variance-corrected": lambda: VarianceCorrected(boundaries, own_weight, target),
-        "sybilwall": lambda: SybilWall(own_id, history_mode, True, decay, seed, init),
-        "foolsgold": lambda: SybilWall(own_id, history_mode, False, decay, seed, init),
+        "sybilwall": lambda: SybilWall(own_id, history_mode=history_mode, gossip=True,
+                                       decay=decay, seed=seed, init=init),
+        "foolsgold": lambda: SybilWall(own_id, history_mode=history_mode, gossip=False,
+                                       decay=decay, seed=seed, init=init),
         "median": lambda: Median(),
         "trimmed-mean": lambda: TrimmedMean(f),
         "krum": lambda: Krum(f, select=1),

@@ -252,12 +252,12 @@ def launch(s: LaunchConfig) -> dict[str, Any]:
         p.read_log()
     if not quiet:
         print(file=sys.stderr)
-    return summarise(s, peers, run_dir, time.monotonic() - started, victims,
+    return summarise(s, peers, run_dir=run_dir, wall=time.monotonic() - started, victims=victims,
                      interrupted=interrupted)
 
 
-def summarise(s: LaunchConfig, peers: list[PeerProcess], run_dir: Path, wall: float,
-              victims: list[int], *, interrupted: bool = False) -> dict[str, Any]:
+def summarise(s: LaunchConfig, peers: list[PeerProcess], *, run_dir: Path, wall: float,
+              victims: list[int], interrupted: bool = False) -> dict[str, Any]:
     finals = {}
     for i, p in enumerate(peers):
         path = p.state_dir / "final.json"

@@ -434,7 +434,7 @@ class SettingsParser(argparse.ArgumentParser):
         return namespace
 
 
-def config_from_command_line(cls: type[Config], parser: SettingsParser,
+def config_from_command_line(cls: type[Config], parser: SettingsParser, *,
                              dests: dict[str, tuple[str, str]], args: dict[str, Any],
                              table: dict[str, Any], source: str = "",
                              extra: dict[str, Any] | None = None) -> Config:

@@ -49,7 +49,8 @@ def main(argv=None) -> int:
         table = read_toml(path) if path else {}
     except ConfigError as exc:
         parser.error(str(exc))
-    settings = config_from_command_line(LaunchConfig, parser, dests, args, table, path or "")
+    settings = config_from_command_line(LaunchConfig, parser, dests=dests, args=args,
+                                        table=table, source=path or "")
     if emit and not hosts:
         parser.error("--emit-configs needs --hosts FILE")
     try:

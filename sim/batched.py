@@ -39,8 +39,8 @@ EVAL_CHUNK = 256  # peers evaluated per vmapped forward pass (bounds the activat
 def batched_refusal(config: SimConfig) -> str | None:
     """Why the batched engine cannot run ``config``, or None when it can."""
     if config.mixing.name != "average":
-        return (f"[mixing] name = {config.mixing.name} keeps per-peer state or per-peer control flow; "
-                "the batched engine mixes by a sparse matrix product (average only)")
+        return (f"[mixing] name = {config.mixing.name} keeps per-peer state or per-peer control "
+                "flow; the batched engine mixes by a sparse matrix product (average only)")
     if config.attack.kind is not None:
         return "[attack] kind needs per-peer behaviour; use --engine reference"
     return None

@@ -57,7 +57,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, list[Event
             table, source = read_toml(config_file), config_file
     except ConfigError as exc:
         parser.error(str(exc))
-    config = config_from_command_line(SimConfig, parser, dests, args, table, source)
+    config = config_from_command_line(SimConfig, parser, dests=dests, args=args, table=table,
+                                      source=source)
     return config, events
 
 

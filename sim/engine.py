@@ -204,7 +204,7 @@ class Simulation:
         """The components of alive honest peers and the accuracy of each one's merged model."""
         components, merged = self.merged_models(graph)
         model = self.learners[0].model
-        return components, [accuracy(model, self.x_test, self.y_test, merged[c[0]])
+        return components, [accuracy(model, self.x_test, self.y_test, vector=merged[c[0]])
                             for c in components]
 
     def merged_accuracy(self, graph: nx.Graph,

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_accuracy(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "",
+def plot_accuracy(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str = "",
                   events: Sequence[dict[str, Any]] = ()) -> None:
     """Mean peer accuracy with its min-max band, and the merged model's accuracy, per round;
     with scenario events, a dotted line at each event and the accuracy inside and outside the

@@ -61,8 +61,8 @@ class MetricsWriter(Recorder):
             graph = summary["config"]["graph"]
             title = f"{summary['algorithm']['name']} on {graph['topology']}, " \
                     f"{graph['nodes']} peers, seed {summary['seed']}"
-            plot_accuracy(self.rows, self.out / "accuracy.png", title,
-                          summary.get("events", ()))
+            plot_accuracy(self.rows, self.out / "accuracy.png", title=title,
+                          events=summary.get("events", ()))
             if self._sim is not None and self._sim.snapshots:
                 plot_snapshots(self._sim.snapshots, self._sim.data_holders, self.out)
 

@@ -221,3 +221,37 @@ def test_the_launcher_gives_the_accuracies_recorded_before_the_schema_change(tmp
     assert summary["merged_acc"] == golden["merged_acc"]
     for i, peer in golden["peers"].items():
         assert {k: summary["peers"][i][k] for k in peer} == peer
+
+
+def test_public_builders_and_constructors_take_more_than_three_settings_by_keyword():
+    """Interface methods (MixingRule.mix, Transport.send, ...) keep their positional form, and
+    records (dataclasses) their field order; every other module-level function and constructor
+    with more than three parameters is keyword-only beyond the third."""
+    import dataclasses
+    import importlib
+    import inspect
+    import pkgutil
+
+    offenders = []
+    for package in ("topology", "mixing", "gossip", "node", "sim"):
+        root = importlib.import_module(package)
+        for info in pkgutil.walk_packages(root.__path__, package + "."):
+            if info.name.endswith("__main__"):
+                continue
+            module = importlib.import_module(info.name)
+            for name, obj in vars(module).items():
+                if name.startswith("_") or getattr(obj, "__module__", None) != info.name:
+                    continue
+                if inspect.isclass(obj) and "__init__" in vars(obj) and \
+                        not dataclasses.is_dataclass(obj):
+                    target = obj.__init__
+                elif inspect.isfunction(obj):
+                    target = obj
+                else:
+                    continue
+                positional = [p for p in inspect.signature(target).parameters.values()
+                              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                              and p.name not in ("self", "cls")]
+                if len(positional) > 3:
+                    offenders.append(f"{info.name}.{name}")
+    assert offenders == []

@@ -77,7 +77,7 @@ def test_synthetic_is_seeded_per_node_and_heterogeneity_grows_with_alpha_beta():
     a = synthetic(1.0, 1.0, num_nodes=10, seed=0)
     b = synthetic(1.0, 1.0, num_nodes=10, seed=0)
     assert torch.equal(a.x_train, b.x_train) and a.in_features == 60
-    assert not torch.equal(a.x_train, synthetic(1.0, 1.0, 10, seed=1).x_train)
+    assert not torch.equal(a.x_train, synthetic(1.0, 1.0, num_nodes=10, seed=1).x_train)
     parts = split(a, 10, "natural", seed=0)
     assert sum(len(p) for p in parts) == len(a.y_train)
     assert all(50 * 0.8 - 1 <= len(p) <= 1000 for p in parts)
@@ -87,6 +87,7 @@ def test_synthetic_is_seeded_per_node_and_heterogeneity_grows_with_alpha_beta():
                              for p in split(ds, 10, "natural", seed=0)])
         return float(means.std(0).mean())
 
-    assert spread(synthetic(0.0, 0.0, 10, seed=0)) < spread(synthetic(1.0, 1.0, 10, seed=0))
+    assert spread(synthetic(0.0, 0.0, num_nodes=10, seed=0)) < \
+        spread(synthetic(1.0, 1.0, num_nodes=10, seed=0))
     pooled = split(a, 5, "iid", seed=0)
     assert sum(len(p) for p in pooled) == len(a.y_train)

@@ -72,7 +72,7 @@ def test_sam_step_on_a_quadratic_matches_the_closed_form():
         return float(0.5 * x @ a @ x)
 
     rho, lr = 0.1, 0.05
-    loss = sam_gradient(x, grad, compute, rho)
+    loss = sam_gradient(x, grad, compute, rho=rho)
     assert torch.equal(x, x0)  # restored exactly
     assert loss == pytest.approx(float(0.5 * x0 @ a @ x0))
     g = a @ x0
@@ -92,7 +92,7 @@ def test_sam_with_rho_zero_is_a_plain_gradient():
         grad.copy_(2 * x)
         return 0.0
 
-    sam_gradient(x, grad, compute, 0.0)
+    sam_gradient(x, grad, compute, rho=0.0)
     assert len(calls) == 1 and grad.item() == 4.0
 
 

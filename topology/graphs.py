@@ -121,7 +121,8 @@ def barabasi_albert(n: int, attach: int = 2, seed: int = 0) -> nx.Graph:
     return nx.barabasi_albert_graph(n, attach, seed=seed)
 
 
-def watts_strogatz(n: int, degree: int = 4, probability: float = 0.1, seed: int = 0) -> nx.Graph:
+def watts_strogatz(n: int, degree: int = 4, probability: float = 0.1, *, seed: int = 0
+                   ) -> nx.Graph:
     """Small world: ring lattice with ``degree`` nearest neighbours, each edge rewired with
     ``probability``."""
     _check_n("watts-strogatz", n, 3)

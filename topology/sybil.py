@@ -40,7 +40,7 @@ def cap_degree(graph: nx.Graph, max_degree: int, seed: int) -> nx.Graph:
     return out
 
 
-def k_medoids(distances: np.ndarray, k: int, rng: np.random.Generator,
+def k_medoids(distances: np.ndarray, k: int, *, rng: np.random.Generator,
               iterations: int = 20) -> list[int]:
     """Voronoi-iteration k-medoids on a distance matrix; returns the medoid indices (sorted)."""
     n = len(distances)
@@ -94,8 +94,8 @@ def _identities_per_pass(passes: list[list[int]], sybils: int | None,
     return counts
 
 
-def attach_sybils(graph: nx.Graph, phi: float, sybils: int | None = None, cluster_size: int = 7,
-                  seed: int = 0) -> tuple[nx.Graph, list[int]]:
+def attach_sybils(graph: nx.Graph, phi: float, sybils: int | None = None, *,
+                  cluster_size: int = 7, seed: int = 0) -> tuple[nx.Graph, list[int]]:
     """Return the graph with Sybil identities added (ids after the honest ones) and their ids.
 
     ``phi`` > 0 attack edges per honest node; ``sybils`` identities in all (default: clusters of
@@ -116,7 +116,7 @@ def attach_sybils(graph: nx.Graph, phi: float, sybils: int | None = None, cluste
     rng = np.random.default_rng(seed)
     fraction = round((phi - math.floor(phi)) * h)
     if fraction > 0:
-        passes.append(k_medoids(distances, fraction, rng))
+        passes.append(k_medoids(distances, fraction, rng=rng))
     edges = sum(len(p) for p in passes)
     if sybils is not None and not len(passes) <= sybils <= edges:
         raise TopologyError(f"sybils must be in [{len(passes)}, {edges}] for phi={phi} and {h} "

@@ -64,7 +64,7 @@ class Attack:
     def success(self, model: FlatModel, x_test: torch.Tensor, y_test: torch.Tensor,
                 vector: torch.Tensor | None = None) -> float:
         """The attack success rate of ``model`` (or of ``vector`` in its architecture)."""
-        return 1.0 - accuracy(model, x_test, y_test, vector)
+        return 1.0 - accuracy(model, x_test, y_test, vector=vector)
 
 
 class LabelFlip(Attack):
@@ -77,7 +77,7 @@ class LabelFlip(Attack):
 
     def success(self, model, x_test, y_test, vector=None):
         mask = (y_test == SOURCE) | (y_test == TARGET)
-        return accuracy(model, x_test[mask], swap_labels(y_test[mask]), vector)
+        return accuracy(model, x_test[mask], swap_labels(y_test[mask]), vector=vector)
 
 
 class Backdoor(Attack):
@@ -90,7 +90,7 @@ class Backdoor(Attack):
     def success(self, model, x_test, y_test, vector=None):
         mask = y_test != TARGET
         target = torch.full_like(y_test[mask], TARGET)
-        return accuracy(model, add_trigger(x_test[mask]), target, vector)
+        return accuracy(model, add_trigger(x_test[mask]), target, vector=vector)
 
 
 class Noise(Attack):
@@ -144,7 +144,7 @@ def add_trigger(x: torch.Tensor) -> torch.Tensor:
 def choose_adversaries(num_nodes: int, count: int, seed: int) -> list[int]:
     """``count`` distinct peers drawn uniformly with ``seed`` (sorted)."""
     if not 0 <= count < num_nodes:
-        raise ValueError(f"[attack] adversaries must be in [0, {num_nodes - 1}] for {num_nodes} peers, "
-                         f"got {count}")
+        raise ValueError(f"[attack] adversaries must be in [0, {num_nodes - 1}] for {num_nodes} "
+                         f"peers, got {count}")
     rng = np.random.default_rng(seed)
     return sorted(int(i) for i in rng.choice(num_nodes, size=count, replace=False))

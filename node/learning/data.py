@@ -58,8 +58,9 @@ def load_digits(test_fraction: float = 0.25) -> Dataset:
     )
 
 
-def synthetic(alpha: float, beta: float, num_nodes: int, seed: int, dimension: int = 60,
-              num_classes: int = 10, max_samples: int = 1000, test_fraction: float = 0.2
+def synthetic(alpha: float, beta: float, *, num_nodes: int, seed: int,
+              dimension: int = 60, num_classes: int = 10, max_samples: int = 1000,
+              test_fraction: float = 0.2
               ) -> Dataset:
     """LEAF / FedProx synthetic(alpha, beta) (docs/algorithms.md §0.5), one part per node.
 
@@ -107,7 +108,7 @@ def iid_partition(labels: np.ndarray, num_nodes: int, rng: np.random.Generator) 
     return [np.sort(p) for p in np.array_split(rng.permutation(len(labels)), num_nodes)]
 
 
-def dirichlet_partition(labels: np.ndarray, num_nodes: int, alpha: float,
+def dirichlet_partition(labels: np.ndarray, num_nodes: int, *, alpha: float,
                         rng: np.random.Generator, min_size: int = 2, max_tries: int = 1000
                         ) -> list[np.ndarray]:
     """Per-class Dirichlet split (Hsu et al. 2019, docs/algorithms.md §0.3): for each class c draw
@@ -131,7 +132,7 @@ def dirichlet_partition(labels: np.ndarray, num_nodes: int, alpha: float,
     )
 
 
-def shard_partition(labels: np.ndarray, num_nodes: int, classes_per_node: int,
+def shard_partition(labels: np.ndarray, num_nodes: int, *, classes_per_node: int,
                     rng: np.random.Generator) -> list[np.ndarray]:
     """Pathological-k split: each node holds exactly ``classes_per_node`` classes.
 
@@ -171,16 +172,16 @@ def natural_partition(dataset: Dataset, num_nodes: int) -> list[np.ndarray]:
 PARTITIONS: dict[str, Callable[..., list[np.ndarray]]] = {
     "iid": lambda data, labels, n, rng, settings: iid_partition(labels, n, rng),
     "dirichlet": lambda data, labels, n, rng, settings: dirichlet_partition(
-        labels, n, settings.alpha, rng),
+        labels, n, alpha=settings.alpha, rng=rng),
     "shards": lambda data, labels, n, rng, settings: shard_partition(
-        labels, n, settings.classes_per_node, rng),
+        labels, n, classes_per_node=settings.classes_per_node, rng=rng),
     "natural": lambda data, labels, n, rng, settings: natural_partition(data, n),
 }
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": lambda settings, num_nodes, seed: load_digits(settings.test_fraction),
     "synthetic": lambda settings, num_nodes, seed: synthetic(
-        settings.synthetic_alpha, settings.synthetic_beta, num_nodes, seed),
+        settings.synthetic_alpha, settings.synthetic_beta, num_nodes=num_nodes, seed=seed),
 }
 
 

@@ -54,7 +54,7 @@ def sgd_step(params: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Te
 
 
 def sam_gradient(params: torch.Tensor, grad: torch.Tensor, compute_gradient: Callable[[], float],
-                 rho: float) -> float:
+                 *, rho: float) -> float:
     """Leave in ``grad`` the SAM gradient at x + rho g/||g|| and return the loss at x.
 
     Two passes on the same minibatch (docs/algorithms.md §2.1): g = grad F(x); e = rho g / (||g||_2
@@ -136,7 +136,7 @@ class LocalTrainer:
         total = 0.0
         for _ in range(steps):
             compute = self._gradient_on(self.sampler.next())
-            total += sam_gradient(model.params, model.grad, compute, cfg.rho)
+            total += sam_gradient(model.params, model.grad, compute, rho=cfg.rho)
             with torch.no_grad():
                 sgd_step(model.params, model.grad, self.momentum_buffer, lr=lr,
                          momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -145,7 +145,7 @@ class LocalTrainer:
 
 
 @torch.no_grad()
-def accuracy(model: FlatModel, x: torch.Tensor, y: torch.Tensor,
+def accuracy(model: FlatModel, x: torch.Tensor, y: torch.Tensor, *,
              vector: torch.Tensor | None = None) -> float:
     """Fraction of ``x`` that ``model`` classifies as ``y``; with ``vector``, the model's
     architecture evaluated at those parameters instead of its own (its state is left alone)."""

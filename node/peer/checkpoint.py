@@ -50,7 +50,7 @@ def load_checkpoint(state_dir: str | Path) -> dict[str, Any] | None:
     return torch.load(path, weights_only=True)
 
 
-def check_fits(state: dict[str, Any], state_dir: str | Path, size: int, model: str) -> None:
+def check_fits(state: dict[str, Any], *, state_dir: str | Path, size: int, model: str) -> None:
     """Raise ``CheckpointMismatch`` unless the checkpoint's parameter vector and momentum buffer
     both hold ``size`` values (the configured ``model``'s parameter count)."""
     learner = state.get("learner") or {}

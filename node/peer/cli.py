@@ -74,8 +74,8 @@ def resolve(argv: Sequence[str] | None) -> PeerConfig:
         table = read_toml(path) if path else {}
     except ConfigError as exc:
         parser.error(str(exc))
-    config = config_from_command_line(PeerConfig, parser, dests, args, table, path or "",
-                                      extra)
+    config = config_from_command_line(PeerConfig, parser, dests=dests, args=args,
+                                      table=table, source=path or "", extra=extra)
     if config.run.device == "cuda" and not torch.cuda.is_available():
         parser.error("[run] device: 'cuda' asked for but torch sees no CUDA device")
     return config

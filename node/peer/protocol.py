@@ -104,7 +104,7 @@ class AdaptiveDeadline:
     the time complete steps took, clamped to [floor, ceiling]; the ceiling before any
     observation."""
 
-    def __init__(self, floor: float, ceiling: float, factor: float, smoothing: float = 0.3):
+    def __init__(self, *, floor: float, ceiling: float, factor: float, smoothing: float = 0.3):
         self.floor, self.ceiling, self.factor, self.smoothing = floor, ceiling, factor, smoothing
         self.average: float | None = None
 
@@ -166,7 +166,7 @@ class PeerMetrics(Collector):
 class Peer:
     """Build from a PeerConfig; ``await run()`` trains, merges and returns the final summary."""
 
-    def __init__(self, config: PeerConfig, transport: Transport | None = None,
+    def __init__(self, config: PeerConfig, *, transport: Transport | None = None,
                  data: Dataset | None = None, log: JsonLog | None = None,
                  inline: bool = False, work_s: float = 0.0):
         self.config = cfg = config
@@ -185,8 +185,8 @@ class Peer:
         self.neighbours = set(cfg.neighbours)
         self.log = log or JsonLog(cfg.peer.id, cfg.peer.log_file)
         g = cfg.gossip
-        self.deadline = AdaptiveDeadline(g.deadline_floor_s, g.deadline_ceiling_s,
-                                         g.deadline_factor)
+        self.deadline = AdaptiveDeadline(floor=g.deadline_floor_s, ceiling=g.deadline_ceiling_s,
+                                         factor=g.deadline_factor)
         self.inbox: dict[tuple[str, int, int], dict[int, Message]] = defaultdict(dict)
         self.position = (0, 0)  # the (round, step) being collected; earlier messages are stale
         self.suspect: set[int] = set()
@@ -222,8 +222,8 @@ class Peer:
         state = load_checkpoint(self.config.peer.state_dir)
         if state is None:
             return
-        check_fits(state, self.config.peer.state_dir, self.learner.model.size,
-                   repr(self.config.model.name))
+        check_fits(state, state_dir=self.config.peer.state_dir, size=self.learner.model.size,
+                   model=repr(self.config.model.name))
         self.learner.load_state_dict(state["learner"])
         self.resumed = True
         self.completed_rounds = int(state["round"])
