@@ -272,6 +272,7 @@ def test_the_documented_peer_config_is_valid_and_every_key_is_documented():
 
 def test_dead_code_named_in_the_schema_issue_is_gone():
     import dataclasses as dc
+
     import tomllib
 
     from node.learning import Attack, data
