@@ -347,19 +347,24 @@ def _section(cls: type[Section]) -> Any:
     return Field(default_factory=cls)
 
 
-class PeerConfig(Config):
-    """One peer (``python -m node --config peer.toml``)."""
+class _Shared(Config):
+    """The sections every tool reads, with the same meaning everywhere."""
 
-    TOOL: ClassVar[str] = "peer"
-    peer: PeerSection = _section(PeerSection)
     run: RunSection = _section(RunSection)
-    neighbours: dict[int, str] = Field(default_factory=dict)
     data: DataSection = _section(DataSection)
     model: ModelSection = _section(ModelSection)
     algorithm: AlgorithmSection = _section(AlgorithmSection)
     gossip: GossipSection = _section(GossipSection)
     mixing: MixingSection = _section(MixingSection)
     attack: AttackSection = _section(AttackSection)
+
+
+class PeerConfig(_Shared):
+    """One peer (``python -m node --config peer.toml``)."""
+
+    TOOL: ClassVar[str] = "peer"
+    peer: PeerSection = _section(PeerSection)
+    neighbours: dict[int, str] = Field(default_factory=dict)
 
     @field_validator("neighbours", mode="before")
     @classmethod
@@ -387,15 +392,10 @@ class PeerConfig(Config):
         return self
 
 
-class _Experiment(Config):
+class _Experiment(_Shared):
+    """Many peers: the shared sections plus the graph."""
+
     graph: GraphSection = _section(GraphSection)
-    run: RunSection = _section(RunSection)
-    data: DataSection = _section(DataSection)
-    model: ModelSection = _section(ModelSection)
-    algorithm: AlgorithmSection = _section(AlgorithmSection)
-    gossip: GossipSection = _section(GossipSection)
-    mixing: MixingSection = _section(MixingSection)
-    attack: AttackSection = _section(AttackSection)
 
     @model_validator(mode="after")
     def _whole(self) -> _Experiment:

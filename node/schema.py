@@ -444,5 +444,11 @@ def config_from_command_line(cls: type[Config], parser: SettingsParser, *,
     try:
         return cls.from_table(merged, source)
     except ConfigError as exc:
-        parser.error(str(exc))
+        message = str(exc)
+        for dest, (section, key) in dests.items():  # a bad flag is named as the user typed it
+            if dest in args and f"[{section}] {key}" in message:
+                flag = "--" + dest.replace("_", "-")
+                message = f"{flag}: {message}"
+                break
+        parser.error(message)
         raise  # pragma: no cover - parser.error exits
