@@ -36,6 +36,7 @@ from mixing import MIXING_NAMES, SybilWall, VarianceCorrected
 from node.learning import (
     ALGORITHM_NAMES,
     ATTACKS,
+    BUFFER_MODES,
     DATASETS,
     INITS,
     MODELS,
@@ -51,6 +52,15 @@ from node.learning import (
     make_learner,
     resolve_algorithm,
 )
+from node.learning.data import DIGITS_SPLIT_SEED, load_dataset, split_off, user_dataset
+from node.learning.files import FORMATS, read_file
+from node.learning.plugins import (
+    DATASET_GROUP,
+    MODEL_GROUP,
+    import_object,
+    load_plugin,
+    plugin_names,
+)
 from node.schema import (
     ALL_SECTIONS,
     CONFIGS,
@@ -60,7 +70,7 @@ from node.schema import (
     Section,
     setting,
 )
-from topology import TOPOLOGY_NAMES, Topology, build_topology
+from topology import TOPOLOGY_NAMES, Topology, TopologyError, build_topology
 
 ENGINES = ("reference", "batched", "peers")
 EXPERIMENT = ("sim", "launch")
@@ -70,11 +80,42 @@ def _names(registry: Any):
     return lambda: tuple(registry)
 
 
-class DataSection(Section):
-    """Where a peer's training data comes from."""
+def _dataset_names() -> tuple[str, ...]:
+    return tuple(DATASETS) + plugin_names(DATASET_GROUP)
 
-    dataset: Annotated[str, OneOf(_names(DATASETS))] = setting(
-        "digits", "data set: digits (bundled with scikit-learn) or synthetic (LEAF)")
+
+def _model_names() -> tuple[str, ...]:
+    return tuple(MODELS) + plugin_names(MODEL_GROUP)
+
+
+class DataSection(Section):
+    """Where a peer's training data comes from: a data set by name, a user's loader function,
+    or a file in a known format (the first of format, loader, dataset that is given)."""
+
+    dataset: Annotated[str, OneOf(_dataset_names)] = setting(
+        "digits", "data set by name: digits (bundled with scikit-learn), synthetic (LEAF), or "
+        "one an installed package registers (entry points 'decent.datasets')")
+    loader: str | None = setting(None, "a function 'module.path:function' returning the "
+                                 "training set, or (train, validation, test), as torch "
+                                 "Datasets or (x, y) tensors; [data.options] are its keyword "
+                                 "arguments", metavar="MODULE:FUNCTION")
+    options: dict[str, Any] = setting({}, "keyword arguments of the loader or the plugin "
+                                      "data set ([data.options] table)")
+    format: Annotated[str | None, OneOf(lambda: FORMATS)] = setting(
+        None, "a file you have: csv (header row; label names the label column), npz (arrays "
+        "x and y), imagefolder (a sub-folder per class), mnist (IDX files), cifar10 (python "
+        "batches); read from path")
+    path: str | None = setting(None, "the file or folder for format", path=True,
+                               metavar="PATH")
+    label: str | None = setting(None, "csv: the label column", metavar="COLUMN")
+    test_path: str | None = setting(None, "a shared test set in the same format (every peer "
+                                    "scores its 'accuracy' on it)", path=True, metavar="PATH")
+    validation_fraction: float = setting(0.0, "fraction of the peer's own training data held "
+                                         "out as its validation set ('val_accuracy')", ge=0,
+                                         lt=1, tools=("peer", "launch"))
+    validation_path: str | None = setting(None, "the peer's validation set, in the same format",
+                                          path=True, tools=("peer", "launch"),
+                                          metavar="PATH")
     partition: Annotated[str, OneOf(_names(PARTITIONS))] = setting(
         "iid", "how the training split is cut among peers; natural keeps the synthetic "
         "generator's per-peer parts")
@@ -96,15 +137,78 @@ class DataSection(Section):
         if self.shard >= self.num_shards:
             raise ValueError(f"shard must be in 0..num_shards-1 "
                              f"({self.num_shards - 1}), got {self.shard}")
+        if (self.format is None) != (self.path is None):
+            raise ValueError("format and path go together: format names how to read path")
+        if self.format == "csv" and self.label is None:
+            raise ValueError("label must name the label column of the csv file")
+        if self.validation_fraction > 0 and self.validation_path is not None:
+            raise ValueError("give validation_fraction or validation_path, not both")
         return self
 
+    @property
+    def source(self) -> str:
+        """What the data is, in words (for logs and summaries)."""
+        if self.format:
+            return f"{self.format} file {self.path}"
+        if self.loader:
+            return f"loader {self.loader}"
+        return f"data set {self.dataset}"
+
+    def load(self, *, num_nodes: int, seed: int, import_path: list[str] = (),
+             hold_out_test: bool = True) -> Dataset:
+        """The data this section names. A user source without a test set gets one held out
+        (``test_fraction``, a fixed seed, as digits) when ``hold_out_test`` (experiments: every
+        peer is scored on the same images); an edge peer on its own files has none unless
+        ``test_path`` names one."""
+        if self.format is None and self.loader is None and self.dataset in DATASETS:
+            return load_dataset(self, num_nodes=num_nodes, seed=seed)
+        test = read_file(self.format or "", self.test_path, label=self.label) \
+            if self.test_path else None
+        if self.format is not None:
+            result: Any = read_file(self.format, self.path, label=self.label)
+            where = f"[data] path {self.path}"
+        else:
+            where = f"[data] loader {self.loader}" if self.loader else \
+                f"[data] dataset {self.dataset}"
+            fn = import_object(self.loader, where="[data] loader", import_path=import_path) \
+                if self.loader else load_plugin(DATASET_GROUP, self.dataset)
+            try:
+                result = fn(**self.options)
+            except Exception as exc:  # the user's function failed: say where, keep the reason
+                raise ValueError(f"{where} failed: {type(exc).__name__}: {str(exc)[:200]}"
+                                 ) from None
+        data = user_dataset(self.source, result, where, test=test)
+        if not data.has_test and hold_out_test:
+            (x, y), (xt, yt) = split_off(data.x_train, data.y_train,
+                                         fraction=self.test_fraction, seed=DIGITS_SPLIT_SEED)
+            data.x_train, data.y_train, data.x_test, data.y_test = x, y, xt, yt
+        return data
 
 class ModelSection(Section):
-    """The model every peer trains (the same architecture on all peers)."""
+    """The model every peer trains (the same architecture on all peers): a built-in or
+    installed one by name, or a user's factory function."""
 
-    name: Annotated[str, OneOf(_names(MODELS))] = setting(
-        "mlp", "model architecture", flag="--model")
+    name: Annotated[str, OneOf(_model_names)] = setting(
+        "mlp", "model by name: mlp, cnn, logreg, or one an installed package registers (entry "
+        "points 'decent.models')", flag="--model")
+    factory: str | None = setting(None, "a function 'module.path:function' returning a "
+                                  "torch.nn.Module; [model.options] are its keyword arguments",
+                                  metavar="MODULE:FUNCTION")
+    options: dict[str, Any] = setting({}, "keyword arguments of the factory or the named "
+                                      "model ([model.options] table)")
     hidden: int = setting(64, "MLP hidden width", ge=1)
+    buffers: Annotated[str, OneOf(lambda: BUFFER_MODES)] = setting(
+        "average", "BatchNorm statistics and other float buffers: average (mixed with the "
+        "weights), local (each peer keeps its own), recalibrate (local, re-estimated on local "
+        "data after the final merge)")
+
+    def factory_function(self, import_path: list[str] = ()) -> Any:
+        """The user's factory, an installed model's, or None for a built-in."""
+        if self.factory:
+            return import_object(self.factory, where="[model] factory", import_path=import_path)
+        if self.name not in MODELS:
+            return load_plugin(MODEL_GROUP, self.name)
+        return None
 
 
 class AlgorithmSection(Section):
@@ -116,9 +220,10 @@ class AlgorithmSection(Section):
         "steps; dfedsam-mgs: K SAM steps + Q gossip steps", flag="--algorithm")
     local_steps: int | None = setting(None, "local steps K per round (default: 1 for dsgd, "
                                       "5 otherwise)", ge=1)
-    gossip_steps: int | None = setting(None, "gossip steps Q per round (dfedsam-mgs; "
-                                       "default 4)", ge=0)
-    rho: float | None = setting(None, "SAM radius (dfedsam, dfedsam-mgs; default 0.05)", ge=0)
+    gossip_steps: int | None = setting(None, "gossip steps Q per round, dfedsam-mgs "
+                                       "(default: 4)", ge=0)
+    rho: float | None = setting(None, "SAM radius, dfedsam and dfedsam-mgs (default: 0.05)",
+                                ge=0)
     lr: float = setting(0.05, "learning rate, times lr_decay ** round", gt=0)
     lr_decay: float = setting(0.998, "per-round learning-rate factor", gt=0)
     momentum: float = setting(0.9, "local momentum (the buffer is never sent)", ge=0, lt=1)
@@ -213,7 +318,7 @@ class AttackSection(Section):
         None, "label-flip swaps classes 0 and 1, backdoor adds a 3x3 trigger labelled 1, noise "
         "sends x + scale N(0, I), sign-flip sends -scale x", flag="--attack")
     scale: float | None = setting(None, "strength: the noise's std, or sign-flip's factor "
-                                  "(default 100 and 1)", gt=0, flag="--attack-scale")
+                                  "(default: 100 and 1)", gt=0, flag="--attack-scale")
     adversaries: int = setting(0, "K adversarial peers placed at random", ge=0,
                                tools=EXPERIMENT)
     sybils: int | None = setting(None, "S Sybil identities of one adversary, attached by "
@@ -245,11 +350,14 @@ class AttackSection(Section):
 class RunSection(Section):
     """The run as a whole."""
 
-    seed: int = setting(0, "run seed: data split, init, graph, minibatches (the same on every "
-                        "peer of a network)", ge=0)
+    seed: int = setting(0, "run seed: data split, initial model, minibatches (and an "
+                        "experiment's graph); the same on every peer of a network", ge=0)
     rounds: int = setting(100, "training rounds; the final merge follows", ge=1)
     eval_every: int = setting(1, "evaluate every N rounds (and after the last)", ge=1)
     threads: int = setting(1, "torch CPU threads", ge=1)
+    import_path: list[str] = setting([], "folders put first on the Python import path for "
+                                     "[model] factory and [data] loader (a config file's own "
+                                     "folder is added when it is read)")
     device: Annotated[str, OneOf(lambda: ("cpu", "cuda"))] = setting(
         "cpu", "where the model trains", tools=("peer",))
     quiet: bool = setting(False, "no progress line and no final table", tools=EXPERIMENT)
@@ -258,10 +366,14 @@ class RunSection(Section):
 class PeerSection(Section):
     """This peer (``python -m node``)."""
 
-    id: int | None = setting(None, "this peer's id, unique in the network (required)", ge=0)
-    listen: str = setting("127.0.0.1:0", "HOST:PORT to serve on (port 0: the OS picks)")
-    state_dir: str = setting("state", "checkpoint.pt (every round, atomic) and final.json")
-    log_file: str = setting("", "JSON-lines log (empty: standard output)")
+    id: int | None = setting(None, "this peer's id, unique in the network (required: no "
+                             "default)", ge=0, metavar="N")
+    listen: str = setting("127.0.0.1:0", "address to serve on (port 0: the OS picks)",
+                          metavar="HOST:PORT")
+    state_dir: str = setting("state", "folder of checkpoint.pt (every round, atomic) and "
+                             "final.json; one per peer", metavar="DIR", path=True)
+    log_file: str = setting("", "JSON-lines log file (default: standard output)",
+                            metavar="FILE", path=True)
 
     @field_validator("listen")
     @classmethod
@@ -282,17 +394,17 @@ class GraphSection(Section):
 
     nodes: int = setting(16, "number of peers", ge=2)
     topology: Annotated[str, OneOf(lambda: TOPOLOGY_NAMES)] = setting(
-        "ring", "graph builder (ignored with file)")
+        "ring", "graph builder (ignored with --graph)")
     file: str | None = setting(None, "load the graph from an edge list or .json file instead",
-                               flag="--graph")
+                               flag="--graph", path=True, metavar="FILE")
     degree: int | None = setting(None, "degree of random-regular, neighbours of "
-                                 "watts-strogatz (default 4)", ge=1)
+                                 "watts-strogatz (default: 4)", ge=1)
     probability: float | None = setting(None, "edge probability of erdos-renyi, rewiring "
-                                        "probability of watts-strogatz (default 0.3 and 0.1)",
+                                        "probability of watts-strogatz (default: 0.3 and 0.1)",
                                         ge=0, le=1)
-    attach: int | None = setting(None, "edges per new node m of barabasi-albert (default 2)",
+    attach: int | None = setting(None, "edges per new node m of barabasi-albert (default: 2)",
                                  ge=1)
-    radius: float | None = setting(None, "radius of random-geometric (default 0.3)", gt=0)
+    radius: float | None = setting(None, "radius of random-geometric (default: 0.3)", gt=0)
     max_degree: int | None = setting(None, "remove random edges (never a bridge) until no "
                                      "peer has more neighbours", ge=1)
     data_fraction: float = setting(1.0, "fraction of peers holding data (drawn with the "
@@ -308,7 +420,14 @@ class GraphSection(Section):
 
     def build(self, seed: int) -> Topology:
         """The experiment's graph for run seed ``seed`` (its own streams for the graph and the
-        degree cap)."""
+        degree cap); a graph that cannot be built is an error naming [graph]."""
+        try:
+            return self._build(seed)
+        except TopologyError as exc:
+            raise ConfigError(f"[graph] nodes = {self.nodes}, topology = {self.topology}: "
+                              f"{exc}") from None
+
+    def _build(self, seed: int) -> Topology:
         return build_topology(name=self.topology, nodes=self.nodes, file=self.file,
                               seed=derive_seed(seed, "topology"), degree=self.degree,
                               probability=self.probability, attach=self.attach,
@@ -324,14 +443,14 @@ class SimSection(Section):
         "all peers in one tensor (average mixing only); peers: the real peer protocol on a "
         "simulated clock", tools=("sim",))
     out: str | None = setting(None, "output folder (default: runs/ALGORITHM-TOPOLOGY-sSEED)",
-                              tools=("sim",))
+                              tools=("sim",), metavar="DIR")
 
 
 class LaunchSection(Section):
     """Real peer processes on this machine (``scripts/launch.py``)."""
 
     out: str = setting("runs/launch", "run folder: peer configs, states, logs, summary.json, "
-                       "accuracy.png", tools=("launch",))
+                       "accuracy.png", tools=("launch",), metavar="DIR")
     kill_fraction: float = setting(0.0, "fraction of peers to SIGKILL (churn)", ge=0, le=1,
                                    tools=("launch",))
     kill_at_round: int = setting(0, "kill once every peer completed this round", ge=0,
@@ -490,4 +609,6 @@ def learner_for(config: PeerConfig | SimConfig | LaunchConfig, node_id: int, *, 
         node_id, data=data, shard=shard, model=config.model.name, hidden=config.model.hidden,
         train=config.algorithm.train_config(), algorithm=config.algorithm.resolve(),
         seed=config.run.seed, mixing=config.mixing.name, mixing_options=config.mixing.options(),
-        init=config.mixing.init, attack=attack, device=device)
+        init=config.mixing.init, attack=attack, device=device, buffers=config.model.buffers,
+        factory=config.model.factory_function(config.run.import_path),
+        model_options=config.model.options)

@@ -201,7 +201,7 @@ def launch(s: LaunchConfig) -> dict[str, Any]:
     """Run the whole experiment; returns (and writes) the summary. Ctrl-C (or SIGTERM) stops
     every peer and still writes the summary, the table's data and the plot of what was done,
     marked ``interrupted``."""
-    run_dir = Path(s.out)
+    run_dir = Path(s.out).resolve()  # the peers' configs name their folders absolutely
     clear_previous_run(run_dir)
     addresses = [("127.0.0.1", port) for port in free_ports(s.graph.nodes)]
     configs = s.peer_configs(addresses, run_dir)

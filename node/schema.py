@@ -73,11 +73,22 @@ class OneOf:
 
 
 def setting(default: Any, help: str, *, flag: str | None = None,
-            tools: Sequence[str] = TOOLS, **constraints: Any) -> Any:
+            tools: Sequence[str] = TOOLS, path: bool = False, metavar: str | None = None,
+            **constraints: Any) -> Any:
     """One setting: its default, its help text (shown once in ``--help``), its flag (default
-    ``--key-with-dashes``), the tools it applies to, and pydantic bounds (gt, ge, lt, le)."""
+    ``--key-with-dashes``; tables have none), the tools it applies to, whether it is a file
+    path (relative paths in a config file are relative to the file), and pydantic bounds."""
+    if isinstance(default, dict):
+        return Field(default_factory=dict, description=help,
+                     json_schema_extra={"flag": None, "tools": list(tools), "path": path})
     return Field(default, description=help, **constraints,
-                 json_schema_extra={"flag": flag, "tools": list(tools)})
+                 json_schema_extra={"flag": flag, "tools": list(tools), "path": path,
+                                    "metavar": metavar})
+
+
+def is_table(info: FieldInfo) -> bool:
+    """A setting that is a TOML table (``[model.options]``): set in files or Python only."""
+    return typing.get_origin(info.annotation) is dict or info.annotation is dict
 
 
 def _extra(info: FieldInfo) -> dict[str, Any]:
@@ -213,7 +224,7 @@ class Config(BaseModel):
     @classmethod
     def load(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
         """A config from a TOML file, with ``overrides`` (a nested table) applied on top."""
-        table = read_toml(path)
+        table = read_config_file(path)
         return cls.from_table(merge_tables(table, overrides or {}), str(path))
 
     @classmethod
@@ -317,6 +328,30 @@ def merge_tables(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file's table, with its relative file paths made relative to the file's folder
+    and that folder put first on ``[run] import_path`` (so a model.py next to the file can be
+    named as ``model:build``)."""
+    table = read_toml(path)
+    base = Path(path).resolve().parent
+    for name, section in table.items():
+        cls = ALL_SECTIONS.get(name)
+        if not (isinstance(cls, type) and issubclass(cls, Section)) or \
+                not isinstance(section, dict):
+            continue
+        for key, value in section.items():
+            info = cls.model_fields.get(key)
+            if info is not None and _extra(info).get("path") and isinstance(value, str) \
+                    and not Path(value).is_absolute():
+                section[key] = str(base / value)
+    run = table.setdefault("run", {})
+    if isinstance(run, dict):
+        given = run.get("import_path", [])
+        run["import_path"] = [str(base)] + [g for g in given if g != str(base)] \
+            if isinstance(given, list) else given
+    return table
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """The table of a TOML file; a missing or malformed file is a ConfigError."""
     path = Path(path)
@@ -342,18 +377,28 @@ def toml_value(value: Any) -> str:
 
 def dump_toml(config: Config) -> str:
     """TOML text that ``type(config).load`` reads back into an equal config (None values are
-    left out: they mean 'the default')."""
+    left out: they mean 'the default'; settings of other tools are left out too)."""
     lines: list[str] = []
     for name in type(config).model_fields:
         value = getattr(config, name)
-        raw = value.model_dump() if isinstance(value, Section) else value
+        if not isinstance(value, Section):  # a plain table such as [neighbours]
+            lines.append(f"[{name}]")
+            lines += [f'"{k}" = {toml_value(v)}' for k, v in value.items()]
+            lines.append("")
+            continue
+        tables = []
         lines.append(f"[{name}]")
-        for key, item in raw.items():
-            applies = not isinstance(value, Section) or \
-                config.TOOL in field_tools(type(value).model_fields[key])
-            if item is not None and applies:
-                lines.append(f'"{key}" = {toml_value(item)}' if not isinstance(value, Section)
-                             else f"{key} = {toml_value(item)}")
+        for key, info in type(value).model_fields.items():
+            item = getattr(value, key)
+            if item is None or config.TOOL not in field_tools(info):
+                continue
+            if isinstance(item, dict):
+                tables.append((key, item))
+            else:
+                lines.append(f"{key} = {toml_value(item)}")
+        for key, table in tables:
+            lines.append(f"\n[{name}.{key}]")
+            lines += [f'"{k}" = {toml_value(v)}' for k, v in table.items()]
         lines.append("")
     return "\n".join(lines)
 
@@ -365,10 +410,10 @@ def _help(info: FieldInfo, default: Any) -> str:
     choices = choices_of(info)
     if choices:
         text += f"; one of: {', '.join(choices)}"
-    if isinstance(default, bool):
+    if isinstance(default, bool) or "default" in text:
         return text
     shown = "none" if default is None else default
-    return f"{text} (default: {shown})" if "default" not in text else text
+    return f"{text} (default: {shown})"
 
 
 def add_settings(parser: argparse.ArgumentParser, cls: type[Config]) -> dict[str, tuple[str, str]]:
@@ -377,9 +422,11 @@ def add_settings(parser: argparse.ArgumentParser, cls: type[Config]) -> dict[str
     is only overridden by a flag the user typed."""
     dests = {}
     for section_name, section in cls.sections().items():
-        group = parser.add_argument_group(f"[{section_name}]", section.__doc__)
+        doc = " ".join((section.__doc__ or "").replace("``", "").split())
+        group = parser.add_argument_group(f"[{section_name}]", doc)
         for key, info in section.model_fields.items():
-            if cls.TOOL not in field_tools(info):
+            if cls.TOOL not in field_tools(info) or is_table(info) or \
+                    typing.get_origin(info.annotation) is list:
                 continue
             flag = field_flag(key, info)
             dest = flag[2:].replace("-", "_")
@@ -390,8 +437,8 @@ def add_settings(parser: argparse.ArgumentParser, cls: type[Config]) -> dict[str
                                    help=_help(info, info.default) +
                                    f" (default: {'on' if info.default else 'off'})")
             else:
-                metavar = {int: "N", float: "X"}.get(kind, "NAME" if choices_of(info) else
-                                                     key.upper())
+                metavar = _extra(info).get("metavar") or {int: "N", float: "X"}.get(
+                    kind, "NAME" if choices_of(info) else "TEXT")
                 group.add_argument(flag, dest=dest, type=kind if kind in (int, float) else str,
                                    default=argparse.SUPPRESS, metavar=metavar,
                                    help=_help(info, info.default))

@@ -7,7 +7,7 @@ Examples:
   python scripts/launch.py --nodes 8 --emit-configs deploy/ --hosts hosts.txt
 
 Every setting comes from the schema (node.config.LaunchConfig): a --config TOML file with the
-sections below, overridden by flags. Simulator-only settings (--engine, --sybils, --phi,
+sections above, overridden by flags. Simulator-only settings (--engine, --sybils, --phi,
 --data-fraction) are not offered: real processes cannot run them.
 """
 
@@ -23,7 +23,7 @@ from node.schema import (
     SettingsParser,
     add_settings,
     config_from_command_line,
-    read_toml,
+    read_config_file,
 )
 
 NON_SETTINGS = ("--config", "--emit-configs", "--hosts")
@@ -35,8 +35,9 @@ def build_parser() -> tuple[SettingsParser, dict[str, tuple[str, str]]]:
     p.add_argument("--config", metavar="FILE", help="TOML file with any of the settings below")
     p.add_argument("--emit-configs", metavar="DIR", help="write per-peer configs for a "
                    "deployment over several machines (needs --hosts) and start nothing")
-    p.add_argument("--hosts", metavar="FILE", help="HOST or HOST:PORT per line, one per peer "
-                   "(reused round-robin); each peer listens on its own line's address")
+    p.add_argument("--hosts", metavar="FILE", help="HOST or HOST:PORT per line; peer i gets line "
+                   "i (lines are reused in turn when there are fewer lines than peers, with "
+                   "ports counting up) and listens on that address")
     return p, add_settings(p, LaunchConfig)
 
 
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     path, emit, hosts = args.pop("config", None), args.pop("emit_configs", None), \
         args.pop("hosts", None)
     try:
-        table = read_toml(path) if path else {}
+        table = read_config_file(path) if path else {}
     except ConfigError as exc:
         parser.error(str(exc))
     settings = config_from_command_line(LaunchConfig, parser, dests=dests, args=args,

@@ -56,6 +56,11 @@ class BatchedSimulation(Simulation):
         if reason:
             raise ValueError(f"--engine batched: {reason}")
         sim = super().from_config(config, observers, events)
+        model = sim.learners[0].model
+        if model.buffers.numel() or any(True for _ in model.module.buffers()):
+            raise ValueError("--engine batched: the model has buffers (BatchNorm statistics), "
+                             "which its forward pass updates in place; torch.func cannot run "
+                             "that for all peers at once. Use --engine reference")
         sim._bind_rows()
         return sim
 

@@ -12,7 +12,13 @@ from collections.abc import Sequence
 import torch
 
 from node.config import SimConfig
-from node.schema import ConfigError, SettingsParser, add_settings, config_from_command_line
+from node.schema import (
+    ConfigError,
+    SettingsParser,
+    add_settings,
+    config_from_command_line,
+    read_config_file,
+)
 from sim.batched import build_simulation
 from sim.report import MetricsWriter, ProgressBar, summary_table
 from sim.scenario import EVENT_KINDS, Event, load_scenario
@@ -52,9 +58,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, list[Event
             table, events = load_scenario(scenario_file)
             source = scenario_file
         elif config_file:
-            from node.schema import read_toml
-
-            table, source = read_toml(config_file), config_file
+            table, source = read_config_file(config_file), config_file
     except ConfigError as exc:
         parser.error(str(exc))
     config = config_from_command_line(SimConfig, parser, dests=dests, args=args, table=table,

@@ -35,7 +35,6 @@ from node.learning import (
     accuracy,
     choose_adversaries,
     derive_seed,
-    load_dataset,
     partition,
 )
 from sim.scenario import EVENT_KINDS, Event, Timeline
@@ -115,7 +114,8 @@ class Simulation:
         attack = config.attack.attack()
         count = max(owner.values()) + 1
         holders = choose_data_holders(count, config.graph.data_fraction, seed)
-        data = load_dataset(config.data, num_nodes=len(holders), seed=seed)
+        data = config.data.load(num_nodes=len(holders), seed=seed,
+                                import_path=config.run.import_path)
         shards = partition(data, config.data, num_nodes=len(holders), seed=seed)
         parts = [torch.zeros(0, dtype=torch.int64)] * count
         for holder, shard in zip(holders, shards, strict=True):
@@ -134,7 +134,8 @@ class Simulation:
 
     @property
     def model_size(self) -> int:
-        return self.learners[0].model.size
+        """Length of what a peer sends: parameters (and averaged buffers)."""
+        return self.learners[0].vector_size
 
     @property
     def honest(self) -> list[int]:
@@ -175,7 +176,7 @@ class Simulation:
             self.traffic.bytes_sent += len(received) * message_bytes
             mixed[k] = self.learners[k].mixed(received, own_degree, degrees, round_index)
         for k, params in mixed.items():
-            self.learners[k].model.load(params)
+            self.learners[k].model.load_vector(params)
 
     def share_histories(self, graph: nx.Graph) -> None:
         """SybilWall's probabilistic gossip (docs/algorithms.md §4.5): each alive node may send each
@@ -197,7 +198,7 @@ class Simulation:
         """Exact average over each connected component of alive honest peers (docs/algorithms.md
         §5.1)."""
         components = alive_components(graph.subgraph(self.honest), self.honest)
-        vectors = {i: self.learners[i].params for i in self.honest}
+        vectors = {i: self.learners[i].vector() for i in self.honest}
         return components, component_average(vectors, components)
 
     def component_accuracies(self, graph: nx.Graph) -> tuple[list[list[int]], list[float]]:
@@ -278,7 +279,9 @@ class Simulation:
         """Replace every alive model by its component's exact average (the single global merge)."""
         components, merged = self.merged_models(graph)
         for i, vector in merged.items():
-            self.learners[i].model.load(vector)
+            self.learners[i].model.load_vector(vector)
+            if self.learners[i].model.buffer_mode == "recalibrate":
+                self.learners[i].model.recalibrate(self.learners[i].trainer.x)
         for component in components:  # a convergecast and a broadcast over a spanning tree
             self.traffic.messages += 2 * (len(component) - 1)
             self.traffic.bytes_sent += 2 * (len(component) - 1) * encoded_size(self.model_size)
@@ -326,7 +329,7 @@ class Simulation:
                 learner = self.learners[v]
                 donors = sorted(j for j in base.neighbors(v) if j in self.alive)
                 if donors:
-                    learner.model.load(self.learners[donors[0]].params)
+                    learner.model.load_vector(self.learners[donors[0]].vector())
                 learner.trainer.momentum_buffer.zero_()
             self.alive.add(v)
 

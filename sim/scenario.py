@@ -54,7 +54,7 @@ from pydantic import ConfigDict, ValidationError
 from pydantic.dataclasses import dataclass as checked_dataclass
 
 from node.learning.seeding import derive_seed
-from node.schema import ConfigError, describe, read_toml, suggest
+from node.schema import ConfigError, describe, read_config_file, suggest
 
 SELECTIONS = ("random", "degree", "betweenness")
 AMONG = ("all", "data", "relays")
@@ -234,7 +234,7 @@ def _check_ranges(where: str, e: Event) -> None:
 def load_scenario(path: str | Path) -> tuple[dict[str, Any], list[Event]]:
     """(the settings table, events) of a scenario file. The settings are checked by the caller
     exactly like a ``--config`` file (``SimConfig.from_table``); the events here."""
-    raw = read_toml(path)
+    raw = read_config_file(path)
     events_raw = raw.pop("events", [])
     if not isinstance(events_raw, list):
         raise ConfigError(f"{path}: 'events' must be an array of tables ([[events]])")

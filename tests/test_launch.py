@@ -81,7 +81,9 @@ def test_emit_configs_for_several_hosts_starts_nothing(tmp_path):
                                                 "10.0.0.5:8001", "10.0.0.6:9001"]
     assert configs[0].neighbours == {1: "http://10.0.0.6:9000", 3: "http://10.0.0.6:9001"}
     assert {c.data.shard for c in configs} == {0, 1, 2, 3}
-    assert configs[2].peer.state_dir == "state/peer2"
+    # relative paths in a config file are relative to the file
+    assert configs[2].peer.state_dir == str((tmp_path / "deploy" / "state" / "peer2").resolve())
+    assert 'state_dir = "state/peer2"' in (tmp_path / "deploy" / "peer2.toml").read_text()
     assert peer_processes(str(tmp_path / "deploy")) == []
 
 

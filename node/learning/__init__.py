@@ -17,7 +17,7 @@ from node.learning.data import (
     synthetic,
 )
 from node.learning.learner import INITS, Learner, make_learner
-from node.learning.model import MODELS, FlatModel, TensorSlice, build_model
+from node.learning.model import BUFFER_MODES, MODELS, FlatModel, TensorSlice, build_model
 from node.learning.seeding import derive_seed
 from node.learning.training import (
     BatchSampler,
@@ -29,7 +29,8 @@ from node.learning.training import (
 )
 
 __all__ = [
-    "ALGORITHM_NAMES", "ATTACKS", "Algorithm", "Attack", "BatchSampler", "DATASETS", "Dataset",
+    "ALGORITHM_NAMES", "ATTACKS", "Algorithm", "Attack", "BUFFER_MODES", "BatchSampler",
+    "DATASETS", "Dataset",
     "FlatModel", "INITS", "Learner", "LocalTrainer", "MODELS", "PARTITIONS", "TensorSlice",
     "TrainConfig", "accuracy", "build_model", "choose_adversaries", "derive_seed", "make_attack",
     "dirichlet_partition", "iid_partition", "load_dataset", "load_digits", "make_learner",

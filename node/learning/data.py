@@ -29,10 +29,17 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     natural_parts: list[np.ndarray] | None = None
+    x_val: torch.Tensor | None = None  # a validation set that came with the data, if any
+    y_val: torch.Tensor | None = None
 
     @property
     def in_features(self) -> int:
-        return self.x_train.shape[1]
+        """Features per sample once flattened (the built-in models' input size)."""
+        return int(np.prod(self.x_train.shape[1:]))
+
+    @property
+    def has_test(self) -> bool:
+        return len(self.y_test) > 0
 
 
 def load_digits(test_fraction: float = 0.25) -> Dataset:
@@ -197,6 +204,76 @@ def partition(dataset: Dataset, settings: Any, *, num_nodes: int, seed: int
                          f"{', '.join(PARTITIONS)}")
     rng = np.random.default_rng(derive_seed(seed, "partition"))
     return PARTITIONS[settings.partition](dataset, labels, num_nodes, rng, settings)
+
+
+def as_tensors(data: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x float32, y int64) from an (x, y) pair of tensors or arrays, or from a torch Dataset
+    whose items are (x, y) (stacked: the data is assumed to fit in memory). Labels must be
+    integers >= 0; errors name ``where``."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(
+            data[0], (tuple, list)):
+        x, y = torch.as_tensor(np.asarray(data[0])), torch.as_tensor(np.asarray(data[1]))
+    elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
+        if len(data) == 0:
+            raise ValueError(f"{where}: the data set is empty")
+        items = [data[i] for i in range(len(data))]
+        if not all(isinstance(item, (tuple, list)) and len(item) == 2 for item in items[:1]):
+            raise ValueError(f"{where}: a Dataset's items must be (x, y) pairs")
+        x = torch.stack([torch.as_tensor(np.asarray(a)) for a, _ in items])
+        y = torch.as_tensor(np.asarray([int(b) for _, b in items]))
+    else:
+        raise ValueError(f"{where}: expected (x, y) tensors or a torch Dataset, got "
+                         f"{type(data).__name__}")
+    if len(x) != len(y) or y.dim() != 1:
+        raise ValueError(f"{where}: x has {len(x)} rows but y has shape {tuple(y.shape)}")
+    if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int32, torch.int64)):
+        raise ValueError(f"{where}: x must be numeric, got {x.dtype}")
+    if y.is_floating_point():
+        if not torch.equal(y, y.round()):
+            raise ValueError(f"{where}: labels must be integers")
+    if len(y) and int(y.min()) < 0:
+        raise ValueError(f"{where}: labels must be >= 0, got {int(y.min())}")
+    return x.to(torch.float32), y.to(torch.int64)
+
+
+def split_off(x: torch.Tensor, y: torch.Tensor, *, fraction: float, seed: int
+              ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """((x, y) kept, (x, y) held out): ``fraction`` of the rows (at least one when fraction >
+    0), drawn with ``seed``."""
+    count = max(1, round(fraction * len(y))) if fraction > 0 else 0
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    held, kept = order[:count].sort().values, order[count:].sort().values
+    return (x[kept], y[kept]), (x[held], y[held])
+
+
+def user_dataset(name: str, result: Any, where: str, *, test: Any = None) -> Dataset:
+    """A Dataset from what a user's loader returned: the training set, or (train, validation)
+    or (train, validation, test), or a dict with keys train/validation/test; each as (x, y) or a
+    torch Dataset. ``test`` (from a file) replaces a missing test set."""
+    if isinstance(result, dict):
+        unknown = set(result) - {"train", "validation", "test"}
+        if unknown or "train" not in result:
+            raise ValueError(f"{where}: a dict needs 'train' (and optionally 'validation', "
+                             f"'test'), got keys {sorted(map(str, result))[:5]}")
+        parts = [result["train"], result.get("validation"), result.get("test")]
+    elif isinstance(result, tuple) and len(result) == 3 and not torch.is_tensor(result[0]) \
+            and not isinstance(result[0], np.ndarray):
+        parts = list(result)
+    elif isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], tuple):
+        parts = [result[0], result[1], None]
+    else:
+        parts = [result, None, None]
+    x, y = as_tensors(parts[0], f"{where} (training set)")
+    if len(y) == 0:
+        raise ValueError(f"{where}: the training set is empty")
+    val = as_tensors(parts[1], f"{where} (validation set)") if parts[1] is not None else None
+    tst = parts[2] if parts[2] is not None else test
+    tst = as_tensors(tst, f"{where} (test set)") if tst is not None else \
+        (x[:0], y[:0])
+    labels = [y, tst[1]] + ([val[1]] if val else [])
+    classes = int(max(int(t.max()) for t in labels if len(t))) + 1
+    return Dataset(name, x, y, tst[0], tst[1], num_classes=classes,
+                   x_val=val[0] if val else None, y_val=val[1] if val else None)
 
 
 def load_dataset(settings: Any, *, num_nodes: int, seed: int) -> Dataset:

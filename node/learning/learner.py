@@ -6,7 +6,7 @@ vectors arrive (an in-memory exchange or HTTP) and in the clock.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -44,6 +44,14 @@ class Learner:
     def params(self) -> torch.Tensor:
         return self.model.params
 
+    def vector(self) -> torch.Tensor:
+        """What this peer shares: its parameters (and its buffers, when they are averaged)."""
+        return self.model.vector()
+
+    @property
+    def vector_size(self) -> int:
+        return self.model.vector_size
+
     @property
     def num_samples(self) -> int:
         return len(self.trainer.y)
@@ -56,20 +64,20 @@ class Learner:
         """The vector this peer sends its neighbours: its parameters, or a model attack's
         poisoned version of them."""
         if self.attack is None:
-            return self.model.params
-        return self.attack.poisoned(self.model.params, self._attack_noise)
+            return self.model.vector()
+        return self.attack.poisoned(self.model.vector(), self._attack_noise)
 
     def mixed(self, received: Mapping[int, torch.Tensor], own_degree: int,
               neighbour_degrees: Mapping[int, int], round_index: int = 0) -> torch.Tensor:
         """The mixing rule applied to the neighbours whose vectors arrived, with Metropolis
         weights from the degrees (a new tensor)."""
         weights = neighbour_weights(own_degree, neighbour_degrees, present=list(received))
-        return self.rule.mix(self.model.params, received, weights, round_index)
+        return self.rule.mix(self.model.vector(), received, weights, round_index)
 
     def gossip_step(self, received: Mapping[int, torch.Tensor], own_degree: int,
                     neighbour_degrees: Mapping[int, int], round_index: int = 0) -> None:
         """One gossip step: replace the model by :meth:`mixed`."""
-        self.model.load(self.mixed(received, own_degree, neighbour_degrees, round_index))
+        self.model.load_vector(self.mixed(received, own_degree, neighbour_degrees, round_index))
 
     def history_for(self, neighbour: int) -> tuple[int, HistoryRecord] | None:
         """SybilWall's probabilistic history gossip (docs/algorithms.md §4.5): what to send
@@ -87,11 +95,14 @@ class Learner:
         """Everything a restarted peer needs to continue bit for bit: parameters, the local
         momentum buffer and the minibatch stream's position and RNG."""
         return {"params": self.model.params.detach().cpu().clone(),
+                "buffers": self.model.buffers.detach().cpu().clone(),
                 "momentum": self.trainer.momentum_buffer.detach().cpu().clone(),
                 "sampler": self.trainer.sampler.state_dict() if self.trainer.sampler else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load(state["params"].to(self.model.params.device))
+        if "buffers" in state and state["buffers"].numel() == self.model.buffers.numel():
+            self.model.buffers.copy_(state["buffers"])
         self.trainer.momentum_buffer.copy_(state["momentum"])
         if self.trainer.sampler is not None:
             self.trainer.sampler.load_state_dict(state["sampler"])
@@ -100,7 +111,9 @@ class Learner:
 def make_learner(node_id: int, *, data: Dataset, shard: torch.Tensor, model: str,
                  train: TrainConfig, algorithm: Algorithm, seed: int, hidden: int,
                  mixing: str, mixing_options: dict[str, Any], init: str,
-                 attack: Attack | None = None, device: str = "cpu") -> Learner:
+                 attack: Attack | None = None, device: str = "cpu", buffers: str = "average",
+                 factory: Callable[..., Any] | None = None,
+                 model_options: dict[str, Any] | None = None) -> Learner:
     """Peer ``node_id`` of a run with seed ``seed``: its init, data shard and mixing rule.
 
     ``init="shared"`` gives every peer the same initial model (the usual setting);
@@ -115,14 +128,17 @@ def make_learner(node_id: int, *, data: Dataset, shard: torch.Tensor, model: str
     init_seed = derive_seed(seed, "init") if init == "shared" else \
         derive_seed(seed, "init", node_id + 1)
     flat = build_model(model, in_features=data.in_features, num_classes=data.num_classes,
-                       seed=init_seed, device=device, hidden=hidden)
+                       seed=init_seed, device=device, hidden=hidden, buffers=buffers,
+                       factory=factory, options=model_options)
     index = torch.as_tensor(shard, dtype=torch.int64)
     if attack is None:
         x, y = data.x_train[index], data.y_train[index]
         rule = make_rule(mixing, own_id=node_id,
-                         boundaries=[(s.start, s.stop) for s in flat.layout],
+                         boundaries=[(s.start, s.stop) for s in flat.layout] + (
+                             [(flat.size + s.start, flat.size + s.stop)
+                              for s in flat.buffer_layout] if flat.mixes_buffers else []),
                          seed=derive_seed(seed, "history", node_id),
-                         init=flat.params if init == "shared" else None,
+                         init=flat.vector() if init == "shared" else None,
                          **mixing_options)
     else:
         x, y = attack.training_data(data, index)

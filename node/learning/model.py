@@ -28,11 +28,26 @@ class TensorSlice:
         return self.start + int(torch.Size(self.shape).numel())
 
 
+BUFFER_MODES = ("average", "local", "recalibrate")
+
+
 class FlatModel:
     """An ``nn.Module`` whose parameters are views into ``self.params`` (and grads into
-    ``self.grad``). Buffers (none in the bundled models) are not part of the flat vector."""
+    ``self.grad``). Its floating-point buffers (BatchNorm running statistics) are views into a
+    second flat vector, ``self.buffers``, which the optimizer never touches; ``buffer_mode``
+    says what gossip does with them (docs/algorithms.md §0.2): ``average`` mixes them with the
+    parameters, ``local`` keeps each peer's own, ``recalibrate`` keeps them local and
+    re-estimates them on local data after the final merge. Integer buffers (BatchNorm's batch
+    counter) stay in the module as they are."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, buffer_mode: str = "average"):
+        if buffer_mode not in BUFFER_MODES:
+            raise ValueError(f"[model] buffers: unknown {buffer_mode!r}; valid: "
+                             f"{', '.join(BUFFER_MODES)}")
+        bad = [name for name, p in module.named_parameters() if not p.is_floating_point()]
+        if bad:
+            raise ValueError(f"model parameter {bad[0]} is not floating-point: every parameter "
+                             "must be, to live in the flat vector")
         named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
         total = sum(p.numel() for _, p in named)
         dtype = named[0][1].dtype if named else torch.float32
@@ -50,10 +65,66 @@ class FlatModel:
             offset += n
         self.module = module
         self.layout: tuple[TensorSlice, ...] = tuple(layout)
+        self.buffer_mode = buffer_mode
+        floats = [(name, b) for name, b in module.named_buffers() if b.is_floating_point()]
+        self.buffers = torch.empty(sum(b.numel() for _, b in floats), dtype=dtype, device=device)
+        offset, buffer_layout = 0, []
+        for name, b in floats:
+            n = b.numel()
+            self.buffers[offset:offset + n].copy_(b.detach().reshape(-1))
+            b.data = self.buffers[offset:offset + n].view_as(b)
+            buffer_layout.append(TensorSlice(name, offset, tuple(b.shape)))
+            offset += n
+        self.buffer_layout: tuple[TensorSlice, ...] = tuple(buffer_layout)
 
     @property
     def size(self) -> int:
         return self.params.numel()
+
+    @property
+    def mixes_buffers(self) -> bool:
+        """Whether the buffers travel and mix with the parameters."""
+        return self.buffer_mode == "average" and self.buffers.numel() > 0
+
+    @property
+    def vector_size(self) -> int:
+        """Length of what a peer sends and mixes: the parameters, plus the buffers when they
+        are averaged."""
+        return self.size + (self.buffers.numel() if self.mixes_buffers else 0)
+
+    def vector(self) -> torch.Tensor:
+        """What a peer sends and mixes: the parameters (a view, no copy), or parameters and
+        buffers in one new vector when buffers are averaged."""
+        if not self.mixes_buffers:
+            return self.params
+        return torch.cat([self.params.detach(), self.buffers])
+
+    def load_vector(self, vector: torch.Tensor) -> None:
+        """The inverse of :meth:`vector`: copy into the parameters (and averaged buffers)."""
+        self.params.copy_(vector[:self.size])
+        if self.mixes_buffers:
+            self.buffers.copy_(vector[self.size:])
+
+    @torch.no_grad()
+    def recalibrate(self, x: torch.Tensor, batch_size: int = 256) -> None:
+        """Re-estimate the normalisation statistics on ``x`` with the current weights (after
+        the final merge, as the single-merging paper does): running statistics are reset and
+        accumulated as a plain average over the batches; parameters are untouched."""
+        norms = [m for m in self.module.modules()
+                 if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
+        if not norms or len(x) == 0:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average over the batches below
+        training = self.module.training
+        self.module.train()
+        for start in range(0, len(x), batch_size):
+            self.module(x[start:start + batch_size])
+        self.module.train(training)
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
 
     def load(self, vector: torch.Tensor) -> None:
         """Copy ``vector`` into the parameters in place (the views stay valid)."""
@@ -83,7 +154,7 @@ class MLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(x.flatten(1))
 
 
 class SmallCNN(nn.Module):
@@ -107,10 +178,13 @@ class SmallCNN(nn.Module):
 
 
 def _logistic(in_features: int, num_classes: int) -> nn.Module:
-    return nn.Linear(in_features, num_classes)
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_classes))
 
 
-MODELS: dict[str, Callable[[int, int], nn.Module]] = {
+# The registry of models by name: (in_features, num_classes, **options) -> nn.Module. Installed
+# packages add theirs through the entry-point group "decent.models" (node.learning.plugins);
+# a config can also name any function with [model] factory = "module:function".
+MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "cnn": SmallCNN,
     "logreg": _logistic,
@@ -118,16 +192,30 @@ MODELS: dict[str, Callable[[int, int], nn.Module]] = {
 
 
 def build_model(name: str, *, in_features: int, num_classes: int, seed: int,
-                device: str = "cpu", hidden: int = 64) -> FlatModel:
+                device: str = "cpu", hidden: int = 64, buffers: str = "average",
+                factory: Callable[..., nn.Module] | None = None,
+                options: dict | None = None) -> FlatModel:
     """A freshly initialised model whose init depends only on ``seed`` (global RNG untouched);
-    the init is drawn on the CPU and then moved, so it is the same on every device. ``hidden``
-    is the MLP's hidden width."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+    the init is drawn on the CPU and then moved, so it is the same on every device.
+
+    ``factory(**options)`` (a user's function) builds the module when given; otherwise the
+    registry's ``name`` with ``(in_features, num_classes, **options)`` (``hidden`` is the MLP's
+    width). Anything that is not an ``nn.Module`` is refused with the factory's name."""
+    options = dict(options or {})
+    if factory is None and name not in MODELS:
+        raise ValueError(f"[model] name: unknown {name!r}; valid: {', '.join(MODELS)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if name == "mlp":
-            module = MLP(in_features, num_classes, hidden)
+        if factory is not None:
+            module = factory(**options)
+            label = getattr(factory, "__qualname__", repr(factory))
+        elif name == "mlp":
+            module = MLP(in_features, num_classes, options.pop("hidden", hidden), **options)
+            label = name
         else:
-            module = MODELS[name](in_features, num_classes)
-    return FlatModel(module.to(device))
+            module = MODELS[name](in_features, num_classes, **options)
+            label = name
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"[model] {label} returned {type(module).__name__}, not a "
+                         "torch.nn.Module")
+    return FlatModel(module.to(device), buffer_mode=buffers)

@@ -147,11 +147,23 @@ class LocalTrainer:
 @torch.no_grad()
 def accuracy(model: FlatModel, x: torch.Tensor, y: torch.Tensor, *,
              vector: torch.Tensor | None = None) -> float:
-    """Fraction of ``x`` that ``model`` classifies as ``y``; with ``vector``, the model's
-    architecture evaluated at those parameters instead of its own (its state is left alone)."""
-    if vector is None:
-        logits = model.module(x)
-    else:
-        params = {s.name: vector[s.start:s.stop].view(s.shape) for s in model.layout}
-        logits = torch.func.functional_call(model.module, params, (x,))
+    """Fraction of ``x`` that ``model`` classifies as ``y``, in evaluation mode (BatchNorm uses
+    its running statistics); with ``vector`` (what :meth:`FlatModel.vector` returns), the
+    model's architecture evaluated at those parameters (and averaged buffers) instead of its
+    own: its state is left alone."""
+    module = model.module
+    training = module.training
+    module.eval()
+    try:
+        if vector is None:
+            logits = module(x)
+        else:
+            params = {s.name: vector[s.start:s.stop].view(s.shape) for s in model.layout}
+            if vector.numel() > model.size:
+                rest = vector[model.size:]
+                params.update({s.name: rest[s.start:s.stop].view(s.shape)
+                               for s in model.buffer_layout})
+            logits = torch.func.functional_call(module, params, (x,))
+    finally:
+        module.train(training)
     return float((logits.argmax(dim=1) == y).float().mean())

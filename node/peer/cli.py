@@ -17,7 +17,7 @@ from node.schema import (
     SettingsParser,
     add_settings,
     config_from_command_line,
-    read_toml,
+    read_config_file,
 )
 
 # Flags that are not settings, and the settings they fill in (a test walks these).
@@ -71,7 +71,7 @@ def resolve(argv: Sequence[str] | None) -> PeerConfig:
     if shard is not None:
         extra["data"] = {"shard": shard[0], "num_shards": shard[1]}
     try:
-        table = read_toml(path) if path else {}
+        table = read_config_file(path) if path else {}
     except ConfigError as exc:
         parser.error(str(exc))
     config = config_from_command_line(PeerConfig, parser, dests=dests, args=args,

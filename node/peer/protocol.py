@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -52,7 +53,8 @@ from gossip import (
 )
 from mixing import component_average
 from node.config import PeerConfig, learner_for
-from node.learning import Dataset, load_dataset, partition
+from node.learning import Dataset, derive_seed, partition
+from node.learning.files import read_file
 from node.peer.checkpoint import check_fits, load_checkpoint, save_checkpoint
 
 FINAL_SUMMARY = "final.json"
@@ -82,10 +84,12 @@ def rss_megabytes() -> float:
 
 
 class JsonLog:
-    """One JSON object per line: to a file (appended) or to a stream."""
+    """One JSON object per line: to a file (appended; its folder is created) or to a stream."""
 
     def __init__(self, peer_id: int, path: str = "", stream: TextIO = sys.stdout):
         self.peer_id = peer_id
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(path, "a", buffering=1) if path else stream  # noqa: SIM115
         self._owned = bool(path)
 
@@ -97,6 +101,37 @@ class JsonLog:
     def close(self) -> None:
         if self._owned:
             self._fh.close()
+
+
+def peer_split(cfg: PeerConfig, data: Dataset) -> tuple[torch.Tensor, tuple | None]:
+    """This peer's training indices into ``data`` (its shard of a shared source, or all of its
+    own data) and its validation set (x, y): ``validation_path``, a seeded
+    ``validation_fraction`` of its own training data, the one that came with the data, or
+    None."""
+    d = cfg.data
+    if d.num_shards > 1:
+        shard = torch.as_tensor(partition(data, d, num_nodes=d.num_shards,
+                                          seed=cfg.run.seed)[d.shard], dtype=torch.int64)
+    else:
+        shard = torch.arange(len(data.y_train))
+    if len(shard) == 0:
+        raise ValueError(f"[data] shard {d.shard} of {d.num_shards} holds no training sample; "
+                         "use fewer shards or another partition")
+    if d.validation_path:
+        return shard, read_file(d.format or "", d.validation_path, label=d.label)
+    if d.validation_fraction > 0:
+        order = torch.randperm(len(shard), generator=torch.Generator().manual_seed(
+            derive_seed(cfg.run.seed, "validation", cfg.peer.id)))
+        count = max(1, round(d.validation_fraction * len(shard)))
+        if count >= len(shard):
+            raise ValueError(f"[data] validation_fraction {d.validation_fraction} leaves no "
+                             f"training sample of this peer's {len(shard)}")
+        held = shard[order[:count].sort().values]
+        shard = shard[order[count:].sort().values]
+        return shard, (data.x_train[held], data.y_train[held])
+    if data.x_val is not None and d.num_shards == 1:
+        return shard, (data.x_val, data.y_val)
+    return shard, None
 
 
 class AdaptiveDeadline:
@@ -172,13 +207,17 @@ class Peer:
         self.config = cfg = config
         self.id = cfg.peer.id
         self.algorithm = cfg.algorithm.resolve()
-        data = data or load_dataset(cfg.data, num_nodes=cfg.data.num_shards, seed=cfg.run.seed)
-        shard = partition(data, cfg.data, num_nodes=cfg.data.num_shards,
-                          seed=cfg.run.seed)[cfg.data.shard]
+        data = data or cfg.data.load(num_nodes=cfg.data.num_shards, seed=cfg.run.seed,
+                                     import_path=cfg.run.import_path,
+                                     hold_out_test=cfg.data.num_shards > 1)
+        shard, validation = peer_split(cfg, data)
         self.learner = learner_for(cfg, cfg.peer.id, data=data, shard=shard,
                                    attack=cfg.attack.attack(), device=cfg.run.device)
-        self.x_test = data.x_test.to(cfg.run.device)
-        self.y_test = data.y_test.to(cfg.run.device)
+        device = cfg.run.device
+        self.x_test, self.y_test = data.x_test.to(device), data.y_test.to(device)
+        self.x_val, self.y_val = (None, None) if validation is None else \
+            (validation[0].to(device), validation[1].to(device))
+        self.data_source = cfg.data.source
         host, port = cfg.peer.host_port
         self.transport = transport or HttpTransport(host, port, cfg.gossip.max_message_bytes)
         self.transport.set_peers(cfg.neighbours)
@@ -193,7 +232,8 @@ class Peer:
         self.neighbour_round: dict[int, int] = {}
         self.completed_rounds = 0
         self.state = "starting"
-        self.last_accuracy: float | None = None
+        self.last_accuracy: float | None = None  # on the shared test set
+        self.last_val_accuracy: float | None = None  # on this peer's own validation data
         self.last_loss: float | None = None
         self.traffic = {"bytes_in": 0, "bytes_out": 0, "messages_in": 0, "messages_out": 0}
         self.rejected: dict[int, int] = defaultdict(int)
@@ -258,7 +298,7 @@ class Peer:
             return self._reject(413, "body over the size limit "
                                      f"{self.config.gossip.max_message_bytes}")
         try:
-            message = decode_message(body, self.learner.model.size,
+            message = decode_message(body, self.learner.vector_size,
                                      self.config.gossip.max_message_bytes)
         except MessageError as exc:
             return self._reject(exc.status, exc.reason)
@@ -294,14 +334,14 @@ class Peer:
         task.add_done_callback(self._sends.discard)
 
     def _send_all(self, message: Message, to: set[int]) -> None:
-        body = encode_message(message, self.learner.model.size)
+        body = encode_message(message, self.learner.vector_size)
         for peer in sorted(to):
             self._in_background(self._send(peer, body))
 
     def _send_tracked(self, peer: int, message: Message, holds: set[int],
                       origins: list[int]) -> None:
         """Send one merge message; once it is accepted, ``peer`` holds ``origins``."""
-        body = encode_message(message, self.learner.model.size)
+        body = encode_message(message, self.learner.vector_size)
 
         async def send() -> None:
             if await self._send(peer, body) == 200:
@@ -405,6 +445,7 @@ class Peer:
             "/healthz": self._health_route})
         if isinstance(self.transport, HttpTransport):
             self.log.write("listening", url=self.transport.url)
+        self.log.write("data", samples=self.learner.num_samples, **self.scored_on)
 
     async def _in_thread(self, fn, *args):
         if self.inline:
@@ -474,6 +515,27 @@ class Peer:
                        state_dir=self.config.peer.state_dir, note=self.already_finished_note())
         return previous
 
+    @property
+    def scored_on(self) -> dict[str, str | None]:
+        """What each accuracy is measured on (the log, /status and final.json carry this)."""
+        return {"accuracy": f"shared test set ({len(self.y_test)} samples)"
+                if len(self.y_test) else None,
+                "val_accuracy": f"this peer's validation data ({len(self.y_val)} samples)"
+                if self.y_val is not None else None,
+                "data": self.data_source}
+
+    async def _accuracies(self) -> tuple[float | None, float | None]:
+        """(accuracy on the shared test set, on this peer's validation data), None where the
+        peer has no such data."""
+        test = await self._in_thread(self.learner.accuracy, self.x_test, self.y_test) \
+            if len(self.y_test) else None
+        val = await self._in_thread(self.learner.accuracy, self.x_val, self.y_val) \
+            if self.y_val is not None else None
+        return test, val
+
+    async def _evaluate(self) -> None:
+        self.last_accuracy, self.last_val_accuracy = await self._accuracies()
+
     async def _round(self, t: int) -> None:
         cfg = self.config
         began = self._now()
@@ -488,12 +550,12 @@ class Peer:
                 return  # the checkpoint of the last whole round stays the one to resume from
         self.share_histories()
         if (t + 1) % cfg.run.eval_every == 0 or t + 1 == cfg.run.rounds:
-            self.last_accuracy = await self._in_thread(self.learner.accuracy, self.x_test,
-                                                       self.y_test)
+            await self._evaluate()
         self.completed_rounds = t + 1
         await self._in_thread(self._checkpoint)
         self.log.write(
             "round", round=t + 1, loss=self.last_loss, accuracy=self.last_accuracy,
+            val_accuracy=self.last_val_accuracy,
             bytes_in=self.traffic["bytes_in"] - bytes_before["bytes_in"],
             bytes_out=self.traffic["bytes_out"] - bytes_before["bytes_out"],
             neighbours_heard_per_step=heard_per_step, suspect=sorted(self.suspect),
@@ -514,7 +576,7 @@ class Peer:
         """
         self.state = "merging"
         merge_round, ceiling = self.config.run.rounds, self.config.gossip.deadline_ceiling_s
-        known = {self.id: self.learner.params.detach().cpu().clone()}
+        known = {self.id: self.learner.vector().detach().cpu().clone()}
         holds: dict[int, set[int]] = {j: {j} for j in self.neighbours}  # what j is known to have
         new_last_step, complete = True, False
         finished: set[int] = set()
@@ -550,16 +612,21 @@ class Peer:
         if len(component) == 1:
             self.log.write("merge_isolated", note="no live neighbour: keeping own model")
         merged = component_average(known, [component])[self.id]
-        self.learner.model.load(merged.to(self.learner.params.device))
-        accuracy = await self._in_thread(self.learner.accuracy, self.x_test, self.y_test)
-        self.log.write("merged", component=component, flood_steps=step, accuracy=accuracy)
+        self.learner.model.load_vector(merged.to(self.learner.params.device))
+        if self.learner.model.buffer_mode == "recalibrate":
+            await self._in_thread(self.learner.model.recalibrate, self.learner.trainer.x)
+        test, val = await self._accuracies()
+        accuracy = test if test is not None else val
+        self.log.write("merged", component=component, flood_steps=step, accuracy=accuracy,
+                       val_accuracy=val)
         return {"component": component, "flood_steps": step, "accuracy": accuracy}
 
     def _write_summary(self, merged: dict[str, Any] | None) -> dict[str, Any]:
         self.state = "done" if not self._stop else "stopped"
         summary = {
             "id": self.id, "rounds_completed": self.completed_rounds,
-            "accuracy": self.last_accuracy, "loss": self.last_loss,
+            "accuracy": self.last_accuracy, "val_accuracy": self.last_val_accuracy,
+            "scored_on": self.scored_on, "loss": self.last_loss,
             "merged_accuracy": merged["accuracy"] if merged else None,
             "component": merged["component"] if merged else None,
             "max_wait_s": max(self.wait_times, default=0.0),
@@ -607,6 +674,7 @@ class Peer:
             "rounds": self.config.run.rounds,
             "live_neighbours": sorted(self.neighbours - self.suspect),
             "suspect": sorted(self.suspect), "last_accuracy": self.last_accuracy,
+            "last_val_accuracy": self.last_val_accuracy, "scored_on": self.scored_on,
             "last_loss": self.last_loss, **self.traffic,
             "rejected": {str(k): v for k, v in self.rejected.items()},
             "refused_by": dict(self.refused_by),
