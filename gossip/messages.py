@@ -112,7 +112,8 @@ def decode_message(body: bytes, expected_length: int, max_bytes: int) -> Message
     _require(raw["codec"] in CODECS, f"unknown codec {raw['codec']!r}")
     _require(type(raw["final"]) is bool, "final must be a bool")
     _require(raw["length"] == expected_length,
-             f"vector length {raw['length']} does not match the model's {expected_length}", 422)
+             f"model size mismatch: the sender's model has {raw['length']} parameters, this "
+             f"peer's {expected_length}", 422)
     vectors = raw["vectors"]
     _require(isinstance(vectors, list), "vectors must be a list")
     if raw["kind"] in ("model", "history"):

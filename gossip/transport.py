@@ -46,8 +46,18 @@ class ListenError(OSError):
         return self.strerror
 
 
+LENGTH_HEADER = "X-Model-Length"  # the receiver's model length, on a 422 answer
+
+
 class Transport(ABC):
-    """Send bytes to peers by id; deliver received bytes to a handler."""
+    """Send bytes to peers by id; deliver received bytes to a handler.
+
+    ``model_length`` (set by the owner) is announced when a message is refused with 422, so a
+    sender whose model has another size learns the receiver's; what senders learn that way is
+    in ``peer_lengths`` (a bounded integer, never other received text)."""
+
+    model_length: int | None = None
+    peer_lengths: dict[int, int]
 
     @abstractmethod
     async def start(self, handler: Handler, routes: dict[str, GetRoute] | None = None) -> None:
@@ -75,6 +85,7 @@ class InMemoryHub:
 
     def __init__(self):
         self.handlers: dict[int, Handler] = {}
+        self.lengths: dict[int, int | None] = {}
         self.down_links: set[frozenset[int]] = set()
 
     def transport(self, node_id: int) -> InMemoryTransport:
@@ -84,9 +95,11 @@ class InMemoryHub:
 class InMemoryTransport(Transport):
     def __init__(self, hub: InMemoryHub, node_id: int):
         self.hub, self.node_id = hub, node_id
+        self.peer_lengths = {}
 
     async def start(self, handler: Handler, routes: dict[str, GetRoute] | None = None) -> None:
         self.hub.handlers[self.node_id] = handler
+        self.hub.lengths[self.node_id] = self.model_length
 
     async def send(self, peer: int, body: bytes, timeout: float, retry: bool = True
                    ) -> int | None:
@@ -98,6 +111,8 @@ class InMemoryTransport(Transport):
         except asyncio.TimeoutError:
             logger.debug("send from %s to %s: no answer within %.3gs", self.node_id, peer, timeout)
             return None
+        if status == 422 and self.hub.lengths.get(peer) is not None:
+            self.peer_lengths[peer] = self.hub.lengths[peer]
         return status
 
     async def close(self) -> None:
@@ -111,6 +126,7 @@ class HttpTransport(Transport):
                  peers: dict[int, str] | None = None):
         self.host, self.port, self.max_body = host, port, max_body
         self.peers: dict[int, str] = dict(peers or {})
+        self.peer_lengths = {}
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -128,7 +144,9 @@ class HttpTransport(Transport):
             except web.HTTPRequestEntityTooLarge:
                 body = None
             status, reason = await handler(body)
-            return web.Response(status=status, text=reason)
+            headers = {LENGTH_HEADER: str(self.model_length)} \
+                if status == 422 and self.model_length is not None else None
+            return web.Response(status=status, text=reason, headers=headers)
 
         app = web.Application(client_max_size=self.max_body)
         app.router.add_post("/gossip", gossip)
@@ -165,6 +183,9 @@ class HttpTransport(Transport):
                         f"{url}/gossip", data=body,
                         timeout=aiohttp.ClientTimeout(total=left)) as response:
                     await response.read()
+                    announced = response.headers.get(LENGTH_HEADER, "")
+                    if response.status == 422 and announced.isdigit() and len(announced) <= 12:
+                        self.peer_lengths[peer] = int(announced)
                     return response.status
             except aiohttp.ClientConnectorError as exc:
                 if not retry:  # nothing listens there: the peer left

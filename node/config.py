@@ -443,14 +443,14 @@ class SimSection(Section):
         "all peers in one tensor (average mixing only); peers: the real peer protocol on a "
         "simulated clock", tools=("sim",))
     out: str | None = setting(None, "output folder (default: runs/ALGORITHM-TOPOLOGY-sSEED)",
-                              tools=("sim",), metavar="DIR")
+                              tools=("sim",), metavar="DIR", path=True)
 
 
 class LaunchSection(Section):
     """Real peer processes on this machine (``scripts/launch.py``)."""
 
     out: str = setting("runs/launch", "run folder: peer configs, states, logs, summary.json, "
-                       "accuracy.png", tools=("launch",), metavar="DIR")
+                       "accuracy.png", tools=("launch",), metavar="DIR", path=True)
     kill_fraction: float = setting(0.0, "fraction of peers to SIGKILL (churn)", ge=0, le=1,
                                    tools=("launch",))
     kill_at_round: int = setting(0, "kill once every peer completed this round", ge=0,
@@ -547,7 +547,8 @@ class _Experiment(_Shared):
         shared = {name: getattr(self, name).model_dump()
                   for name in ("model", "algorithm", "gossip", "mixing")}
         data = self.data.model_dump(exclude={"shard", "num_shards"})
-        run = self.run.model_dump(include={"seed", "rounds", "eval_every", "threads"})
+        run = self.run.model_dump(include={"seed", "rounds", "eval_every", "threads",
+                                           "import_path"})
         attack = {"kind": self.attack.kind, "scale": self.attack.scale}
         configs = []
         for i in range(nodes):
@@ -601,7 +602,8 @@ __all__ = [
 
 
 def learner_for(config: PeerConfig | SimConfig | LaunchConfig, node_id: int, *, data: Dataset,
-                shard: Any, attack: Attack | None = None, device: str = "cpu") -> Learner:
+                shard: Any, attack: Attack | None = None, device: str = "cpu",
+                factory: Any = None) -> Learner:
     """Peer ``node_id``'s Learner from the [model], [algorithm], [mixing] and [run] sections:
     the one place where the simulator and the real peer turn settings into a learner, which is
     what keeps their runs equal number for number."""
@@ -610,5 +612,5 @@ def learner_for(config: PeerConfig | SimConfig | LaunchConfig, node_id: int, *, 
         train=config.algorithm.train_config(), algorithm=config.algorithm.resolve(),
         seed=config.run.seed, mixing=config.mixing.name, mixing_options=config.mixing.options(),
         init=config.mixing.init, attack=attack, device=device, buffers=config.model.buffers,
-        factory=config.model.factory_function(config.run.import_path),
+        factory=factory or config.model.factory_function(config.run.import_path),
         model_options=config.model.options)

@@ -51,11 +51,11 @@ class BatchedSimulation(Simulation):
 
     @classmethod
     def from_config(cls, config: SimConfig, observers: Iterable[Observer] = (),
-                    events: Sequence[Event] = ()) -> BatchedSimulation:
+                    events: Sequence[Event] = (), **sources) -> BatchedSimulation:
         reason = batched_refusal(config)
         if reason:
             raise ValueError(f"--engine batched: {reason}")
-        sim = super().from_config(config, observers, events)
+        sim = super().from_config(config, observers, events, **sources)
         model = sim.learners[0].model
         if model.buffers.numel() or any(True for _ in model.module.buffers()):
             raise ValueError("--engine batched: the model has buffers (BatchNorm statistics), "
@@ -225,9 +225,10 @@ class BatchedSimulation(Simulation):
 
 
 def build_simulation(config: SimConfig, observers: Iterable[Observer] = (),
-                     events: Sequence[Event] = ()) -> Simulation:
-    """The engine ``config.engine`` names, built from ``config``."""
+                     events: Sequence[Event] = (), **sources) -> Simulation:
+    """The engine ``config.engine`` names, built from ``config`` (``sources``: the Python
+    API's data and model_factory, see Simulation.from_config)."""
     from sim.peers import PeerSimulation
 
     engines = {"reference": Simulation, "batched": BatchedSimulation, "peers": PeerSimulation}
-    return engines[config.sim.engine].from_config(config, observers, events)
+    return engines[config.sim.engine].from_config(config, observers, events, **sources)

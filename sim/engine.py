@@ -17,7 +17,7 @@ are measured over honest peers only; ``attack_success`` is the mean over honest 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -108,19 +108,22 @@ class Simulation:
 
     @classmethod
     def from_config(cls, config: SimConfig, observers: Iterable[Observer] = (),
-                    events: Sequence[Event] = ()) -> Simulation:
+                    events: Sequence[Event] = (), *, data: Dataset | None = None,
+                    model_factory: Callable[..., Any] | None = None) -> Simulation:
+        """The engine for ``config``; ``data`` and ``model_factory`` (Python objects) replace
+        what [data] and [model] name, for the Python API (node.api)."""
         seed = config.run.seed
         topology, owner, adversaries = place_attack(config, config.graph.build(seed))
         attack = config.attack.attack()
         count = max(owner.values()) + 1
         holders = choose_data_holders(count, config.graph.data_fraction, seed)
-        data = config.data.load(num_nodes=len(holders), seed=seed,
-                                import_path=config.run.import_path)
+        data = data or config.data.load(num_nodes=len(holders), seed=seed,
+                                        import_path=config.run.import_path)
         shards = partition(data, config.data, num_nodes=len(holders), seed=seed)
         parts = [torch.zeros(0, dtype=torch.int64)] * count
         for holder, shard in zip(holders, shards, strict=True):
             parts[holder] = shard
-        learners = [learner_for(config, i, data=data, shard=idx,
+        learners = [learner_for(config, i, data=data, shard=idx, factory=model_factory,
                                 attack=attack if i in adversaries else None)
                     for i, idx in enumerate(parts)]
         timeline = Timeline(list(events), derive_seed(seed, "events")) if events else None

@@ -60,11 +60,12 @@ class PeerSimulation(Simulation):
 
     @classmethod
     def from_config(cls, config: SimConfig, observers: Iterable[Observer] = (),
-                    events: Sequence[Event] = ()) -> PeerSimulation:
+                    events: Sequence[Event] = (), **sources) -> PeerSimulation:
         reason = peer_refusal(config)
         if reason:
             raise ValueError(f"--engine peers: {reason}")
-        sim = super().from_config(config, observers, events)
+        sim = super().from_config(config, observers, events, **sources)
+        sim._model_factory = sources.get("model_factory")
         if sim.topology.time_varying:
             raise ValueError("--engine peers: real peers need a static graph")
         sim._folder = Path(tempfile.mkdtemp(prefix="peers-"))
@@ -79,6 +80,7 @@ class PeerSimulation(Simulation):
 
     def _spawn(self, i: int) -> None:
         peer = Peer(self._configs[i], transport=self.hub.transport(i), data=self.dataset,
+                    model_factory=self._model_factory,
                     log=JsonLog(i, stream=self._logs[i]), inline=True, work_s=self.work_s)
         self.peers[i] = peer
         self.learners[i] = peer.learner

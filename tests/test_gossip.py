@@ -72,7 +72,7 @@ def raw_message(**changes):
     (raw_message(sender="one"), 400, "sender must be a non-negative int"),
     (raw_message(extra=1), 400, "missing or unexpected"),
     (raw_message(codec="pickle"), 400, "unknown codec"),
-    (raw_message(length=11), 422, "does not match"),
+    (raw_message(length=11), 422, "model size mismatch: the sender.s model has 11"),
     (raw_message(vectors=[[1, b"\0" * 12]]), 422, "cannot hold 10 values"),
     (raw_message(vectors=[[1, encode(torch.full((10,), float("nan")))]]), 422, "non-finite"),
     (raw_message(vectors=[[1, encode(torch.full((10,), float("inf")))]]), 422, "non-finite"),

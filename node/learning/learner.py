@@ -108,6 +108,29 @@ class Learner:
             self.trainer.sampler.load_state_dict(state["sampler"])
 
 
+def check_model_fits(model: FlatModel, data: Dataset) -> None:
+    """Run the model on one training sample: it must accept the data's shape and output a
+    score for every class the labels name. Errors say what does not fit."""
+    module = model.module
+    training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(data.x_train[:1].to(model.params.device))
+    except Exception as exc:  # any failure of the user's forward on this input shape
+        raise ValueError(f"[model] cannot run on the data's samples of shape "
+                         f"{tuple(data.x_train.shape[1:])}: {type(exc).__name__}: "
+                         f"{str(exc)[:200]}") from None
+    finally:
+        module.train(training)
+    if not torch.is_tensor(out) or out.dim() != 2:
+        raise ValueError("[model] must return one row of class scores per sample, got "
+                         f"{type(out).__name__} of shape {tuple(getattr(out, 'shape', ()))}")
+    if out.shape[1] < data.num_classes:
+        raise ValueError(f"[model] outputs {out.shape[1]} class scores but the labels of "
+                         f"[data] go up to {data.num_classes - 1}")
+
+
 def make_learner(node_id: int, *, data: Dataset, shard: torch.Tensor, model: str,
                  train: TrainConfig, algorithm: Algorithm, seed: int, hidden: int,
                  mixing: str, mixing_options: dict[str, Any], init: str,
@@ -130,6 +153,7 @@ def make_learner(node_id: int, *, data: Dataset, shard: torch.Tensor, model: str
     flat = build_model(model, in_features=data.in_features, num_classes=data.num_classes,
                        seed=init_seed, device=device, hidden=hidden, buffers=buffers,
                        factory=factory, options=model_options)
+    check_model_fits(flat, data)
     index = torch.as_tensor(shard, dtype=torch.int64)
     if attack is None:
         x, y = data.x_train[index], data.y_train[index]

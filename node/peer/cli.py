@@ -100,6 +100,11 @@ async def serve(config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "init":  # python -m node init DIR: a starter project
+        from node.peer import init
+
+        return init.main(argv[1:])
     from gossip import ListenError
 
     config = resolve(argv)

@@ -34,6 +34,7 @@ import resource
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
@@ -203,7 +204,8 @@ class Peer:
 
     def __init__(self, config: PeerConfig, *, transport: Transport | None = None,
                  data: Dataset | None = None, log: JsonLog | None = None,
-                 inline: bool = False, work_s: float = 0.0):
+                 inline: bool = False, work_s: float = 0.0,
+                 model_factory: Callable[..., Any] | None = None):
         self.config = cfg = config
         self.id = cfg.peer.id
         self.algorithm = cfg.algorithm.resolve()
@@ -212,7 +214,8 @@ class Peer:
                                      hold_out_test=cfg.data.num_shards > 1)
         shard, validation = peer_split(cfg, data)
         self.learner = learner_for(cfg, cfg.peer.id, data=data, shard=shard,
-                                   attack=cfg.attack.attack(), device=cfg.run.device)
+                                   attack=cfg.attack.attack(), device=cfg.run.device,
+                                   factory=model_factory)
         device = cfg.run.device
         self.x_test, self.y_test = data.x_test.to(device), data.y_test.to(device)
         self.x_val, self.y_val = (None, None) if validation is None else \
@@ -221,6 +224,7 @@ class Peer:
         host, port = cfg.peer.host_port
         self.transport = transport or HttpTransport(host, port, cfg.gossip.max_message_bytes)
         self.transport.set_peers(cfg.neighbours)
+        self.transport.model_length = self.learner.vector_size
         self.neighbours = set(cfg.neighbours)
         self.log = log or JsonLog(cfg.peer.id, cfg.peer.log_file)
         g = cfg.gossip
@@ -369,8 +373,16 @@ class Peer:
         key = f"{peer}:{status}"
         self.refused_by[key] += 1
         if self.refused_by[key] == 1:
-            self.log.write("refused_by", neighbour=peer, status=status,
-                           reason=refusal_reason(status))
+            theirs = self.transport.peer_lengths.get(peer)
+            if status == 422 and theirs is not None and theirs != self.learner.vector_size:
+                self.log.write("refused_by", neighbour=peer, status=status,
+                               reason=f"model size mismatch: this peer's model has "
+                                      f"{self.learner.vector_size} parameters, the neighbour's "
+                                      f"{theirs}", own_model_length=self.learner.vector_size,
+                               neighbour_model_length=theirs)
+            else:
+                self.log.write("refused_by", neighbour=peer, status=status,
+                               reason=refusal_reason(status))
 
     def _lagging(self, round_index: int) -> bool:
         """True when a neighbour is two or more rounds ahead: it finished round
