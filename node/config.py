@@ -110,12 +110,14 @@ class DataSection(Section):
     label: str | None = setting(None, "csv: the label column", metavar="COLUMN")
     test_path: str | None = setting(None, "a shared test set in the same format (every peer "
                                     "scores its 'accuracy' on it)", path=True, metavar="PATH")
+    # The validation settings are the peer's (each real peer scores 'val_accuracy' on its own
+    # data); the simulator accepts them, so that one file serves all three tools, and scores
+    # every peer on the shared test set only.
     validation_fraction: float = setting(0.0, "fraction of the peer's own training data held "
-                                         "out as its validation set ('val_accuracy')", ge=0,
-                                         lt=1, tools=("peer", "launch"))
-    validation_path: str | None = setting(None, "the peer's validation set, in the same format",
-                                          path=True, tools=("peer", "launch"),
-                                          metavar="PATH")
+                                         "out as its validation set ('val_accuracy'; real "
+                                         "peers only)", ge=0, lt=1)
+    validation_path: str | None = setting(None, "the peer's validation set, in the same format "
+                                          "(real peers only)", path=True, metavar="PATH")
     partition: Annotated[str, OneOf(_names(PARTITIONS))] = setting(
         "iid", "how the training split is cut among peers; natural keeps the synthetic "
         "generator's per-peer parts")

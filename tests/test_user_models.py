@@ -304,3 +304,46 @@ def test_flat_model_refuses_integer_parameters():
                                                     requires_grad=False))
     with pytest.raises(ValueError, match="steps is not floating-point"):
         FlatModel(module)
+
+
+def test_the_batched_engine_runs_a_user_model_and_equals_the_reference(project):
+    from sim import Recorder
+    from sim.batched import build_simulation
+
+    table = {"model": {"factory": "model:build"},
+             "data": {"format": "csv", "path": str(project / "readings.csv"), "label": "fault"},
+             "algorithm": {"name": "dfedavg"}, "graph": {"nodes": 4},
+             "run": {"rounds": 3, "import_path": [str(project)]}}
+    rows = {}
+    for engine in ("reference", "batched"):
+        recorder = Recorder()
+        build_simulation(SimConfig.from_table({**table, "sim": {"engine": engine}}),
+                         [recorder]).run()
+        rows[engine] = [r["mean_acc"] for r in recorder.rows]
+    assert rows["batched"] == pytest.approx(rows["reference"], abs=1 / 225)  # one test sample
+
+
+def test_installed_packages_add_models_and_data_sets_by_name(tmp_path, monkeypatch):
+    """A distribution on the path with entry points in the groups decent.models and
+    decent.datasets (what `pip install` of a plugin package leaves behind)."""
+    (tmp_path / "tinyplug.py").write_text(textwrap.dedent('''
+        import torch
+        from torch import nn
+        def model(width=4):
+            return nn.Sequential(nn.Linear(3, width), nn.ReLU(), nn.Linear(width, 2))
+        def data(rows=200):
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(rows, 3, generator=g)
+            return x, (x[:, 0] > 0).long()
+        '''))
+    info = tmp_path / "tinyplug-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tinyplug\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[decent.models]\ntiny = tinyplug:model\n\n"
+                                           "[decent.datasets]\ntinydata = tinyplug:data\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = SimConfig.of(model="tiny", dataset="tinydata", nodes=3, rounds=2)
+    summary = Simulation.from_config(config).run()
+    assert summary["model_parameters"] == 3 * 4 + 4 + 4 * 2 + 2
+    with pytest.raises(ConfigError, match=r"\[model\] name: unknown 'tinyy'.*'tiny'"):
+        SimConfig.of(model="tinyy")
