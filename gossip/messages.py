@@ -95,10 +95,10 @@ def decode_message(body: bytes, expected_length: int, max_bytes: int) -> Message
     try:
         # containers bounded before anything proportional to them is allocated: one map of the
         # schema's keys, short strings, and at most as many vectors as the body could hold
-        raw = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True,
-                              max_map_len=2 * len(_KEYS), max_str_len=64, max_ext_len=0,
+        raw = msgpack.unpackb(body, max_map_len=2 * len(_KEYS), max_str_len=64, max_ext_len=0,
                               max_bin_len=max_bytes,
-                              max_array_len=max(2, max_bytes // max(1, expected_length) + 2))
+                              max_array_len=max(2, max_bytes // max(1, expected_length) + 2),
+                              raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise MessageError(400, f"not msgpack: {type(exc).__name__}") from exc
     _require(isinstance(raw, dict), f"expected a map, got {type(raw).__name__}")

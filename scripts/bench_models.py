@@ -113,8 +113,8 @@ def round_figures(log_lines: list[str]) -> tuple[list[float], list[int]]:
     return times, sent
 
 
-def one_peer(model: str, folder: Path, rounds: int) -> dict[str, Any]:
-    t = table(model, folder, rounds, peer={"id": 0, "state_dir": str(folder / "one")})
+def one_peer(model: str, folder: Path, rounds: int, tag: str) -> dict[str, Any]:
+    t = table(model, folder, rounds, peer={"id": 0, "state_dir": str(folder / f"one-{tag}")})
     del t["graph"]
     config = PeerConfig.from_table(t)
     stream = io.StringIO()
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
         (folder / "benchmods.py").write_text(MODULE)
         for m, model in enumerate(args.models):
             runs = results[model] = {}
-            runs["one peer"] = one_peer(model, folder, args.rounds)
+            runs["one peer"] = one_peer(model, folder, args.rounds, str(m))
             runs[f"{NODES} peers launched"] = launched(model, folder, args.rounds, str(m))
             for engine in ("reference", "batched"):
                 runs[f"sim {engine}"] = simulated(model, folder, args.rounds, engine)
