@@ -26,11 +26,23 @@ the bare f32 vectors without the message header); "vector" is the length of one 
 vector in bytes (parameters plus averaged buffers).
 
 Measured with the defaults (`python scripts/bench_models.py`, 5 rounds, 2 CPU cores, torch on one
-thread per process):
+thread per process, 22.9 s in all):
 
-    model        how               s/round  bytes/round/peer  vector B  mean acc  wall s  note
-    -----------  ----------------  -------  ----------------  --------  --------  ------  ----
-    (see examples/README.md for the table of the last run)
+         model               how  s/round  bytes/round/peer  vector B  mean acc  wall s
+    ----------  ----------------  -------  ----------------  --------  --------  ------
+    digits MLP          one peer   0.0042                 0     19240    0.8756    1.10
+    digits MLP  4 peers launched   0.0140             38650     19240    0.8794    7.85
+    digits MLP     sim reference   0.0094             38480     19240    0.8794    0.08
+    digits MLP       sim batched   0.0080             38480     19240    0.8794    0.08
+     CIFAR CNN          one peer   0.1241                 0     22248    0.0859    0.71
+     CIFAR CNN  4 peers launched   0.2634             44666     22248    0.0879    6.65
+     CIFAR CNN     sim reference   0.5128             44496     22248    0.0879    2.92
+     CIFAR CNN       sim batched  refused                 -     22248         -       -
+    CIFAR CNN, sim batched: refused: --engine batched: the model has buffers (BatchNorm
+    statistics), which its forward pass updates in place; torch.func cannot run that for all
+    peers at once. Use --engine reference
+
+(examples/README.md has the JSON line of that run and how to read the table.)
 
 Ends with one JSON line of the headline figures.
 """
@@ -41,12 +53,10 @@ import argparse
 import asyncio
 import io
 import json
-import os
 import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -135,33 +145,12 @@ def one_peer(model: str, folder: Path, rounds: int, tag: str) -> dict[str, Any]:
             "wall_s": time.perf_counter() - start}
 
 
-@contextmanager
-def importable_by_children(folder: Path):
-    """Put ``folder`` on PYTHONPATH for the peer processes the launcher starts.
-
-    Needed because the launcher's per-peer configs do not carry [run] import_path
-    (LaunchConfig.peer_configs keeps only seed, rounds, eval_every and threads of [run]), so a
-    launched peer cannot import a factory or loader that is not importable from its working
-    directory ('[data] loader: cannot import ...'). Remove once peer_configs keeps import_path.
-    """
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), before]))
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = before
-
-
 def launched(model: str, folder: Path, rounds: int, tag: str) -> dict[str, Any]:
     out = folder / f"launch-{tag}"
     config = LaunchConfig.from_table(table(model, folder, rounds,
                                            launch={"out": str(out), "timeout": 300.0},
                                            run={"quiet": True}))
-    with importable_by_children(folder):
-        summary = launch(config)
+    summary = launch(config)
     unfinished = [i for i, p in summary["peers"].items() if not p["finished"]]
     if unfinished:
         stderr = (out / f"peer{unfinished[0]}" / "stderr.txt").read_text().strip()
@@ -209,19 +198,21 @@ def main(argv=None) -> int:
             for engine in ("reference", "batched"):
                 runs[f"sim {engine}"] = simulated(model, folder, args.rounds, engine)
             print(f"{model} done", file=sys.stderr, flush=True)
-    rows = []
+    rows, reasons = [], []
     for model, runs in results.items():
         vector = runs["one peer"]["vector_bytes"]
         for how, r in runs.items():
             if "refused" in r:
-                rows.append([model, how, "refused", "-", vector, "-", "-",
-                             r["refused"].split(": ", 1)[-1].split(";")[0]])
+                reasons.append(f"{model}, {how}: refused: {r['refused']}")
+                rows.append([model, how, "refused", "-", vector, "-", "-"])
                 continue
-            rows.append([model, how, round(r["s_per_round"], 4), int(r["bytes_per_round"]),
-                         vector, r["mean_acc"] if r["mean_acc"] is not None else "-",
-                         round(r["wall_s"], 2), ""])
+            rows.append([model, how, r["s_per_round"], int(r["bytes_per_round"]), vector,
+                         r["mean_acc"] if r["mean_acc"] is not None else "-",
+                         f"{r['wall_s']:.2f}"])
     print(format_table(["model", "how", "s/round", "bytes/round/peer", "vector B", "mean acc",
-                        "wall s", "note"], rows))
+                        "wall s"], rows))
+    for reason in reasons:
+        print(reason)
     headline = {model: {how: ("refused" if "refused" in r else
                               {"s_per_round": round(r["s_per_round"], 4),
                                "bytes_per_round": int(r["bytes_per_round"])})

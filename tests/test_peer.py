@@ -83,7 +83,7 @@ async def test_final_merge_gives_every_peer_of_the_component_the_exact_average(t
 
 async def test_a_peer_killed_mid_run_does_not_stall_the_others(tmp_path):
     graph = T.ring(5)
-    ceiling = 1.0
+    ceiling = 3.0  # generous: under a loaded CI machine a live but slow peer must not be suspected
     peers = await start_peers(graph, tmp_path, rounds=8, algorithm="dfedavg",
                               deadline_floor_s=0.2, deadline_ceiling_s=ceiling,
                               startup_timeout_s=10.0)
