@@ -63,6 +63,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, list[Event
         parser.error(str(exc))
     config = config_from_command_line(SimConfig, parser, dests=dests, args=args, table=table,
                                       source=source)
+    for index, event in enumerate(events):
+        if event.round >= config.run.rounds:
+            print(f"python -m sim: note: events[{index}] ({event.kind}) at round {event.round} "
+                  f"comes after the last round ({config.run.rounds - 1}) and will not happen",
+                  file=sys.stderr)
     return config, events
 
 

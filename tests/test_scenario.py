@@ -219,3 +219,15 @@ def test_the_shipped_scenarios_run(name, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
     assert len(rows) == 22 and rows[-1]["alive"] < rows[0]["alive"]
     assert list(tmp_path.glob("graph_round*.png"))
+
+
+def test_an_event_after_the_last_round_is_reported(capsys):
+    from pathlib import Path
+
+    from sim.cli import parse_args
+
+    root = Path(__file__).resolve().parents[1]
+    parse_args(["--scenario", str(root / "configs" / "disaster.toml"), "--rounds", "25"])
+    err = capsys.readouterr().err
+    assert "events[1] (rejoin) at round 40 comes after the last round (24)" in err
+    assert "events[0]" not in err
