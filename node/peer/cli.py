@@ -96,7 +96,21 @@ async def serve(config) -> int:
     summary = await peer.run()
     if peer.already_finished:
         print(f"python -m node: {peer.already_finished_note()}", file=sys.stderr)
+    else:
+        print(f"python -m node: {result_line(summary, config)}", file=sys.stderr)
     return 0 if summary["state"] in ("done", "stopped") else 1
+
+
+def result_line(summary: dict, config: PeerConfig) -> str:
+    """One line saying how the run ended and where its record is."""
+    def figure(name: str) -> str:
+        value = summary.get(name)
+        return f"{name} {value:.4f}" if isinstance(value, float) else f"{name} -"
+
+    return (f"peer {summary['id']} {summary['state']} after {summary['rounds_completed']} "
+            f"rounds: {figure('accuracy')} (shared test set), {figure('val_accuracy')} (own "
+            f"validation data), {figure('merged_accuracy')} (after the merge); "
+            f"{config.peer.state_dir}/final.json")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -72,10 +72,10 @@ nodes = 4
 topology = "ring"
 
 [sim]
-out = "runs/sim"                # the simulator's results (relative to where you run it)
+out = "runs/sim"                # the simulator's results (relative to this file's folder)
 
 [launch]
-out = "runs/launch"             # the launcher's results (relative to where you run it)
+out = "runs/launch"             # the launcher's results (relative to this file's folder)
 '''
 
 MODEL_PY = '''\
@@ -176,8 +176,10 @@ mean test accuracy; `merged_acc`, after the final merge), `metrics.jsonl`, `accu
 (`scripts/launch.py` is in the project's folder: give its path from here.) It writes one config
 per peer (shard i of n of the data) and starts them as `python -m node` processes on 127.0.0.1.
 Results in `runs/launch/` (`[launch] out`, or `--out DIR`): `summary.json` (`mean_acc`,
-`merged_acc`, and per peer under `peers`), `accuracy.png`, and each peer's folder `peerI/` with
-its config, log and `final.json`.
+`merged_acc`, and per peer under `peers`), `accuracy.png`, each peer's config `peerI.toml` and
+its folder `peerI/` with its log and `final.json`. The simulator scores every peer on the shared
+test set only and holds out no validation data, so its figures differ a little from the launched
+peers' (which keep `validation_fraction` of their shard for `val_accuracy`).
 '''
 
 FILES = {"peer.toml": PEER_TOML, "model.py": MODEL_PY, "data.py": DATA_PY,
@@ -221,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m node init: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {', '.join(FILES)} to {folder}; next: cd {folder} && "
-          "python -m node --config peer.toml (README.md has the rest)")
+          f"{sys.executable} -m node --config peer.toml (README.md has the rest)")
     return 0
 
 
