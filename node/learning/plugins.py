@@ -9,6 +9,7 @@ objects follow the same contracts as a factory and a loader (``fn(**options)``).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from collections.abc import Callable, Sequence
@@ -47,7 +48,13 @@ def import_object(spec: str, *, where: str, import_path: Sequence[str] = ()) -> 
 
 
 def plugin_names(group: str) -> tuple[str, ...]:
-    """Names installed packages register under the entry-point ``group``."""
+    """Names installed packages register under the entry-point ``group`` (scanned once per
+    import path: the schema asks for every config it validates)."""
+    return _names_on_path(group, tuple(sys.path))
+
+
+@functools.lru_cache(maxsize=32)
+def _names_on_path(group: str, path: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(ep.name for ep in entry_points(group=group)))
 
 
