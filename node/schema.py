@@ -235,7 +235,11 @@ class Config(BaseModel):
         for section_name, section in cls.sections().items():
             for key, info in section.model_fields.items():
                 if cls.TOOL in field_tools(info):
-                    out[field_flag(key, info)[2:].replace("-", "_")] = (section_name, key)
+                    # tables have no flag; their flat name says whose they are: model_options
+                    name = f"{section_name}_{key}" if is_table(info) else \
+                        field_flag(key, info)[2:].replace("-", "_")
+                    assert name not in out, f"flat name {name} declared twice"
+                    out[name] = (section_name, key)
         return out
 
     @classmethod

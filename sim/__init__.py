@@ -3,6 +3,7 @@ scenario timelines, observers and the command line."""
 
 from node.config import SimConfig
 from node.schema import ConfigError
+from sim.api import simulate
 from sim.batched import BatchedSimulation, build_simulation
 from sim.engine import Observer, Simulation
 from sim.peers import PeerSimulation
@@ -20,5 +21,5 @@ __all__ = [
     "EVENT_KINDS", "BatchedSimulation", "ConfigError", "Event", "MetricsWriter", "Observer",
     "PeerSimulation", "ProgressBar", "Recorder", "SimConfig", "Simulation",
     "build_simulation", "format_table", "load_scenario",
-    "summary_table", "write_results_section",
+    "simulate", "summary_table", "write_results_section",
 ]

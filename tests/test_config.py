@@ -145,6 +145,13 @@ def test_validation_names_the_section_and_the_key_in_one_line(table, message):
     assert "\n" not in str(info.value)
 
 
+def test_tables_have_flat_names_of_their_own_in_the_python_api():
+    config = SimConfig.of(model_options={"hidden": 8}, data_options={"rows": 10})
+    assert config.model.options == {"hidden": 8} and config.data.options == {"rows": 10}
+    for cls in (SimConfig, PeerConfig, LaunchConfig):
+        assert len(set(cls.flat_keys().values())) == len(cls.flat_keys())
+
+
 def test_validation_runs_for_the_python_api_too():
     with pytest.raises(ConfigError, match=r"\[data\] alpha: must be > 0"):
         SimConfig.of(alpha=-1.0)
