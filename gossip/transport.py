@@ -139,10 +139,16 @@ class HttpTransport(Transport):
 
     async def start(self, handler: Handler, routes: dict[str, GetRoute] | None = None) -> None:
         async def gossip(request: web.Request) -> web.Response:
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                body = None
+            if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+                # peers never compress; a compressed body could expand far past the limit
+                return web.Response(status=415, text="compressed bodies are refused")
+            if request.content_length is not None and request.content_length > self.max_body:
+                body = None  # announced too large: refused before a byte of it is read
+            else:
+                try:
+                    body = await request.read()
+                except web.HTTPRequestEntityTooLarge:
+                    body = None
             status, reason = await handler(body)
             headers = {LENGTH_HEADER: str(self.model_length)} \
                 if status == 422 and self.model_length is not None else None

@@ -7,6 +7,7 @@ import torch
 
 from gossip import (
     CODECS,
+    HttpTransport,
     InMemoryHub,
     Message,
     MessageError,
@@ -100,3 +101,45 @@ async def test_in_memory_transport_delivers_to_the_handler_and_reports_absent_pe
     assert got == [b"hello"]
     await b.close()
     assert await a.send(1, b"again", timeout=1.0) is None
+
+
+@pytest.mark.parametrize("field", ["kind", "codec", "v", "poison-key"])
+def test_refusal_reasons_never_quote_what_was_received(field):
+    marker = "Z" * 50
+    changes = {"poison-key": marker} if field == "poison-key" else {field: marker}
+    with pytest.raises(MessageError) as info:
+        decode_message(raw_message(**changes), 10, 4096)
+    assert info.value.status == 400 and "ZZZZ" not in info.value.reason
+
+
+async def test_oversized_and_compressed_bodies_are_refused_before_they_are_read():
+    import asyncio
+    import gzip
+
+    seen = []
+
+    async def handler(body):
+        seen.append(body)
+        return (413, "too large") if body is None else (200, "ok")
+
+    transport = HttpTransport("127.0.0.1", 0, 1024)
+    await transport.start(handler)
+    try:
+        # a Content-Length of 2 GB with only a few bytes behind it: answered at once, not read
+        reader, writer = await asyncio.open_connection("127.0.0.1", transport.port)
+        writer.write(b"POST /gossip HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000000\r\n\r\nab")
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5.0)
+        writer.close()
+        assert b" 413 " in status_line and seen == [None]
+        # a small gzip body that would expand past the limit: refused without decompressing
+        bomb = gzip.compress(b"\0" * (1 << 20))
+        reader, writer = await asyncio.open_connection("127.0.0.1", transport.port)
+        writer.write(b"POST /gossip HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+                     + f"Content-Length: {len(bomb)}\r\n\r\n".encode() + bomb)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5.0)
+        writer.close()
+        assert b" 415 " in status_line and seen == [None]
+    finally:
+        await transport.close()
