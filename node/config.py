@@ -145,6 +145,8 @@ class DataSection(Section):
             raise ValueError("label must name the label column of the csv file")
         if self.validation_fraction > 0 and self.validation_path is not None:
             raise ValueError("give validation_fraction or validation_path, not both")
+        if self.format is None and (self.test_path or self.validation_path):
+            raise ValueError("test_path and validation_path are read in [data] format: set it")
         return self
 
     @property
@@ -531,6 +533,14 @@ class _Experiment(_Shared):
             raise ValueError("[graph] data_fraction: relays and attacks do not combine; use 1")
         return self
 
+    def adversaries(self) -> list[int]:
+        """The peers that ``[attack] adversaries`` makes adversarial (sorted; drawn with the
+        run seed, so the simulator, the launcher and its summary agree)."""
+        if self.attack.kind is None or self.attack.phi is not None:
+            return []
+        return choose_adversaries(self.graph.nodes, self.attack.adversaries,
+                                  derive_seed(self.run.seed, "adversaries"))
+
     def peer_configs(self, addresses: list[tuple[str, int]], run_dir: Path,
                      listen: list[str] | None = None) -> list[PeerConfig]:
         """One PeerConfig per peer of this experiment: its address (``listen[i]``, default
@@ -543,9 +553,7 @@ class _Experiment(_Shared):
             raise ValueError(f"[graph] topology {self.graph.topology} changes every round; "
                              "real peers need a static graph")
         graph = topology.graph_at(0)
-        adversaries = choose_adversaries(nodes, self.attack.adversaries,
-                                         derive_seed(seed, "adversaries")) \
-            if self.attack.kind else []
+        adversaries = self.adversaries()
         shared = {name: getattr(self, name).model_dump()
                   for name in ("model", "algorithm", "gossip", "mixing")}
         data = self.data.model_dump(exclude={"shard", "num_shards"})

@@ -25,7 +25,6 @@ from node.config import (
     LaunchConfig,
     PeerConfig,
 )
-from node.learning.attacks import choose_adversaries
 from node.learning.seeding import derive_seed
 from node.schema import dump_toml
 from node.text import format_table
@@ -262,9 +261,8 @@ def summarise(s: LaunchConfig, peers: list[PeerProcess], *, run_dir: Path, wall:
     for i, p in enumerate(peers):
         path = p.state_dir / "final.json"
         finals[i] = json.loads(path.read_text()) if path.exists() else None
-    nodes, seed = s.graph.nodes, s.run.seed
-    adversaries = choose_adversaries(nodes, s.attack.adversaries,
-                                     derive_seed(seed, "adversaries")) if s.attack.kind else []
+    seed = s.run.seed
+    adversaries = s.adversaries()
     honest = {i: f for i, f in finals.items() if i not in adversaries}
     merged = [f["merged_accuracy"] for f in honest.values() if f and f["merged_accuracy"]
               is not None]

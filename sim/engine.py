@@ -33,7 +33,6 @@ from node.learning import (
     Dataset,
     Learner,
     accuracy,
-    choose_adversaries,
     derive_seed,
     partition,
 )
@@ -82,8 +81,7 @@ def place_attack(config: SimConfig, topology: Topology) -> tuple[Topology, dict[
                                           seed=derive_seed(seed, "sybils"))
         owner.update({v: nodes for v in identities})
         return Topology.from_graph(graph, name=f"{topology.name}+sybils"), owner, [nodes]
-    return topology, owner, choose_adversaries(nodes, attack.adversaries,
-                                               derive_seed(seed, "adversaries"))
+    return topology, owner, config.adversaries()
 
 
 @dataclass

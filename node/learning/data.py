@@ -236,13 +236,18 @@ def as_tensors(data: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x.to(torch.float32), y.to(torch.int64)
 
 
+def hold_out(count: int, *, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held) positions in 0..count-1: ``fraction`` of them (at least one when fraction
+    > 0) drawn with ``seed``, each part sorted."""
+    size = max(1, round(fraction * count)) if fraction > 0 else 0
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return order[size:].sort().values, order[:size].sort().values
+
+
 def split_off(x: torch.Tensor, y: torch.Tensor, *, fraction: float, seed: int
               ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """((x, y) kept, (x, y) held out): ``fraction`` of the rows (at least one when fraction >
-    0), drawn with ``seed``."""
-    count = max(1, round(fraction * len(y))) if fraction > 0 else 0
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    held, kept = order[:count].sort().values, order[count:].sort().values
+    """((x, y) kept, (x, y) held out) by :func:`hold_out`."""
+    kept, held = hold_out(len(y), fraction=fraction, seed=seed)
     return (x[kept], y[kept]), (x[held], y[held])
 
 

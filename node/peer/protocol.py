@@ -55,6 +55,7 @@ from gossip import (
 from mixing import component_average
 from node.config import PeerConfig, learner_for
 from node.learning import Dataset, derive_seed, partition
+from node.learning.data import hold_out
 from node.learning.files import read_file
 from node.peer.checkpoint import check_fits, load_checkpoint, save_checkpoint
 
@@ -121,15 +122,13 @@ def peer_split(cfg: PeerConfig, data: Dataset) -> tuple[torch.Tensor, tuple | No
     if d.validation_path:
         return shard, read_file(d.format or "", d.validation_path, label=d.label)
     if d.validation_fraction > 0:
-        order = torch.randperm(len(shard), generator=torch.Generator().manual_seed(
-            derive_seed(cfg.run.seed, "validation", cfg.peer.id)))
-        count = max(1, round(d.validation_fraction * len(shard)))
-        if count >= len(shard):
+        kept, held = hold_out(len(shard), fraction=d.validation_fraction,
+                              seed=derive_seed(cfg.run.seed, "validation", cfg.peer.id))
+        if len(kept) == 0:
             raise ValueError(f"[data] validation_fraction {d.validation_fraction} leaves no "
                              f"training sample of this peer's {len(shard)}")
-        held = shard[order[:count].sort().values]
-        shard = shard[order[count:].sort().values]
-        return shard, (data.x_train[held], data.y_train[held])
+        held = shard[held]
+        return shard[kept], (data.x_train[held], data.y_train[held])
     if data.x_val is not None and d.num_shards == 1:
         return shard, (data.x_val, data.y_val)
     return shard, None
