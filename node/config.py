@@ -273,6 +273,13 @@ class GossipSection(Section):
                                      "neighbours took, within floor and ceiling", ge=1)
     startup_timeout_s: float = setting(60.0, "how long the first rendezvous waits for "
                                        "neighbours that are still starting", gt=0)
+    max_abs_value: float = setting(1e8, "received vectors with a value beyond +-this are "
+                                   "refused (422): a finite 3.4e38 would overflow the average",
+                                   gt=0)
+    max_messages_per_s: float = setting(200.0, "messages accepted per neighbour per second "
+                                        "(a burst of two seconds' worth; beyond: 429)", gt=0)
+    inbox_per_sender: int = setting(64, "messages buffered per neighbour for steps not "
+                                    "collected yet (beyond: 429)", ge=1)
 
     @model_validator(mode="after")
     def _floor_below_ceiling(self) -> GossipSection:
@@ -378,6 +385,23 @@ class PeerSection(Section):
                              "final.json; one per peer", metavar="DIR", path=True)
     log_file: str = setting("", "JSON-lines log file (default: standard output)",
                             metavar="FILE", path=True)
+    max_connections: int = setting(256, "open connections served at once (more are closed "
+                                   "at once; capped below the file-descriptor limit)", ge=1)
+    header_timeout_s: float = setting(10.0, "a connection must send a request head within "
+                                      "this time (slow ones are closed)", gt=0)
+    idle_timeout_s: float = setting(30.0, "idle keep-alive connections are closed after this",
+                                    gt=0)
+    min_body_rate: int = setting(65536, "bytes/s a request body must arrive at, at least "
+                                 "(slower bodies are cut off: 408)", ge=1)
+    max_concurrent_bodies: int = setting(8, "request bodies read at once (more: 503), which "
+                                         "bounds memory to about this x max_message_bytes",
+                                         ge=1)
+    status_access: Annotated[str, OneOf(lambda: ("loopback", "token", "open"))] = setting(
+        "loopback", "who may read /status and /metrics: loopback clients (or the token), only "
+        "holders of the token, or anyone (/healthz is public)")
+    status_token_file: str | None = setting(None, "file holding the bearer token for /status "
+                                            "and /metrics (Authorization: Bearer TOKEN)",
+                                            metavar="FILE", path=True)
 
     @field_validator("listen")
     @classmethod
@@ -391,6 +415,49 @@ class PeerSection(Section):
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host, int(port)
+
+
+class TrustSection(Section):
+    """Who this peer accepts messages from (gossip.auth; docs/design.md, "Trust")."""
+
+    mode: Annotated[str, OneOf(lambda: ("signed", "open"))] = setting(
+        "signed", "signed: only senders whose key is in the store, or certified by an "
+                  "authority in it; open: anyone, each id pinned to its first key (for studies "
+                  "of open networks; never the default)", flag="--trust-mode")
+    key_file: str | None = setting(None, "this peer's Ed25519 key (PEM, 0600; created on first "
+                                   "start; default: STATE_DIR/identity.key)", metavar="FILE",
+                                   path=True, flag="--key-file")
+    certificate: str | None = setting(None, "this peer's certificate from the network "
+                                      "authority (python -m node keys issue)", metavar="FILE",
+                                      path=True)
+    store: str | None = setting(None, "the trust store: TOML with authorities = [KEY, ...] and "
+                                "[peers] ID = KEY (python -m node keys store)", metavar="FILE",
+                                path=True, flag="--trust-store")
+
+
+class TlsSection(Section):
+    """Optional TLS for the server and the client; fails closed (a file that cannot be read is
+    an error at start, never a fall back to plaintext)."""
+
+    cert_file: str | None = setting(None, "this peer's TLS certificate chain (PEM)",
+                                    metavar="FILE", path=True, flag="--tls-cert")
+    key_file: str | None = setting(None, "the private key of cert_file (PEM)", metavar="FILE",
+                                   path=True, flag="--tls-key")
+    ca_file: str | None = setting(None, "CA certificates that neighbours' TLS certificates "
+                                  "must chain to (needed for https:// neighbours)",
+                                  metavar="FILE", path=True, flag="--tls-ca")
+
+    @model_validator(mode="after")
+    def _all_three(self) -> TlsSection:
+        given = [f for f in ("cert_file", "key_file", "ca_file") if getattr(self, f)]
+        if given and len(given) < 3:
+            raise ValueError("set cert_file, key_file and ca_file together (peers verify each "
+                             f"other both ways); only {', '.join(given)} given")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None or self.ca_file is not None
 
 
 class GraphSection(Section):
@@ -487,6 +554,8 @@ class PeerConfig(_Shared):
 
     TOOL: ClassVar[str] = "peer"
     peer: PeerSection = _section(PeerSection)
+    trust: TrustSection = _section(TrustSection)
+    tls: TlsSection = _section(TlsSection)
     neighbours: dict[int, str] = Field(default_factory=dict)
 
     @field_validator("neighbours", mode="before")
@@ -500,9 +569,8 @@ class PeerConfig(_Shared):
                 peer = int(key)
             except (TypeError, ValueError):
                 raise ValueError(f"key {str(key)[:20]!r} must be a peer id (integer)") from None
-            if not isinstance(url, str) or not url.startswith("http://"):
-                raise ValueError(f"{peer} must be an http:// URL (https is not supported: "
-                                 "plain HTTP is for trusted networks)")
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ValueError(f"{peer} must be an http:// or https:// URL")
             out[peer] = url
         return out
 
@@ -512,6 +580,16 @@ class PeerConfig(_Shared):
             raise ValueError("[peer] id must be set to this peer's id (>= 0)")
         if self.peer.id in self.neighbours:
             raise ValueError(f"[neighbours] lists the peer itself ({self.peer.id})")
+        for peer, url in sorted(self.neighbours.items()):
+            if url.startswith("https://") and self.tls.ca_file is None:
+                raise ValueError(f"[neighbours] {peer} is https:// but [tls] ca_file is not set "
+                                 "(it is what verifies the neighbour's certificate)")
+            if url.startswith("http://") and self.tls.enabled:
+                raise ValueError(f"[neighbours] {peer} is plain http:// while [tls] is "
+                                 "configured: use https:// for every neighbour (no plaintext "
+                                 "fall back)")
+        if self.peer.status_access == "token" and self.peer.status_token_file is None:
+            raise ValueError("[peer] status_access = 'token' needs status_token_file")
         return self
 
 
@@ -607,7 +685,7 @@ __all__ = [
     "AlgorithmSection", "AttackSection", "Config", "ConfigError", "DataSection", "ENGINES",
     "GossipSection", "GraphSection", "LaunchConfig", "LaunchSection", "MixingSection",
     "ModelSection", "PeerConfig", "PeerSection", "RunSection", "SimConfig", "SimSection",
-    "learner_for",
+    "TlsSection", "TrustSection", "learner_for",
 ]
 
 

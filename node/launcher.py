@@ -26,6 +26,7 @@ from node.config import (
     PeerConfig,
 )
 from node.learning.seeding import derive_seed
+from node.peer.keys import provision
 from node.schema import dump_toml
 from node.text import format_table
 
@@ -44,8 +45,20 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def write_configs(configs: list[PeerConfig], folder: Path) -> list[Path]:
+def write_configs(configs: list[PeerConfig], folder: Path, *, portable: bool = False
+                  ) -> list[Path]:
+    """``folder/peerI.toml`` for each config, after giving every peer an identity: a network
+    authority and trust store in ``folder``, a key and a certificate per peer (node.peer.keys);
+    so launched peers are authenticated by default. ``portable``: keys and certificates go
+    next to the configs (peerI.key, peerI.cert) and the configs name them relative to
+    ``folder``, for configs copied to other machines."""
     folder.mkdir(parents=True, exist_ok=True)
+    if portable:
+        configs = provision(configs, folder, relative_to=folder,
+                            key_path=lambda c: folder / f"peer{c.peer.id}.key",
+                            cert_path=lambda c: folder / f"peer{c.peer.id}.cert")
+    else:
+        configs = provision(configs, folder)
     paths = []
     for config in configs:
         path = folder / f"peer{config.peer.id}.toml"
@@ -77,7 +90,7 @@ def emit_configs(s: LaunchConfig, folder: str | Path, hosts_file: str | Path) ->
     folder and log are relative to where it runs."""
     addresses = read_hosts(hosts_file, s.graph.nodes)
     configs = s.peer_configs(addresses, Path("state"))
-    return write_configs(configs, Path(folder))
+    return write_configs(configs, Path(folder), portable=True)
 
 
 @dataclass

@@ -34,6 +34,14 @@ def peer_config(i: int, n: int, tmp_path: Path, rounds: int, **settings):
     return PeerConfig.of(**{**base, **settings})
 
 
+def trusted(configs, tmp_path: Path):
+    """``configs`` with what the launcher gives its peers: a key and an authority certificate
+    each, and a trust store listing the authority (under ``tmp_path/trust``)."""
+    from node.peer.keys import provision
+
+    return provision(configs, tmp_path / "trust")
+
+
 async def run_memory_network(graph, configs, data=None, *, run: bool = True):
     """Peers with ``configs`` on an in-memory hub, wired along ``graph``; started, and (with
     ``run``) run to the end. Returns the peers."""

@@ -67,7 +67,7 @@ def raw_message(**changes):
 
 @pytest.mark.parametrize("body, status, reason", [
     (b"\xc1\xff garbage", 400, "not msgpack"),
-    (msgpack.packb([1, 2, 3]), 400, "expected a map"),
+    (msgpack.packb([1, 2, 3]), 400, "not msgpack of the schema"),
     (raw_message(v=2), 400, "unsupported version"),
     (raw_message(kind="poison"), 400, "unknown kind"),
     (raw_message(sender="one"), 400, "sender must be a non-negative int"),

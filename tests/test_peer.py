@@ -17,7 +17,14 @@ from gossip import Message, encode, encode_message
 from node.peer import JsonLog, Peer
 from node.peer.checkpoint import load_checkpoint
 from sim import SimConfig, Simulation
-from tests.helpers import digits_data, peer_config, run_memory_network, running, wait_for
+from tests.helpers import (
+    digits_data,
+    peer_config,
+    run_memory_network,
+    running,
+    trusted,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = digits_data()
@@ -29,11 +36,13 @@ async def start_peers(graph, tmp_path, rounds, algorithm="dfedsam-mgs", **settin
     n = graph.number_of_nodes()
     if algorithm == "dfedsam-mgs":
         settings.setdefault("gossip_steps", 2)
-    peers = []
+    configs = []
     for i in range(n):
         config = peer_config(i, n, tmp_path, rounds, algorithm=algorithm, **settings)
         config.neighbours = {j: "http://127.0.0.1:1" for j in graph.neighbors(i)}
-        peers.append(Peer(config, data=DIGITS, log=JsonLog(i, stream=io.StringIO())))
+        configs.append(config)
+    peers = [Peer(config, data=DIGITS, log=JsonLog(i, stream=io.StringIO()))
+             for i, config in enumerate(trusted(configs, tmp_path))]
     for p in peers:
         await p.start()
     for p in peers:
@@ -118,13 +127,15 @@ async def test_bad_messages_get_4xx_and_the_peer_keeps_training(tmp_path):
     size = target.learner.model.size
 
     def body(**changes):
+        """A payload signed by the trusted neighbour 1, with ``changes``."""
         raw = msgpack.unpackb(encode_message(Message("model", 1, 0, 0, 1, [(1, torch.zeros(size))]),
                                              size), raw=False)
         raw.update(changes)
-        return msgpack.packb(raw, use_bin_type=True)
+        return peers[1].identity.seal(msgpack.packb(raw, use_bin_type=True))
 
     cases = {
-        "malformed": (b"\x93\x01", 400),
+        "unsigned": (b"\x93\x01", 400),
+        "malformed": (peers[1].identity.seal(b"\x93\x01"), 400),
         "unknown kind": (body(kind="shutdown"), 400),
         "wrong shape": (body(length=size + 1), 422),
         "NaN": (body(vectors=[[1, encode(torch.full((size,), float("nan")))]]), 422),

@@ -23,7 +23,7 @@ from node.peer.checkpoint import load_checkpoint
 from tests.helpers import running
 from tests.test_peer import DIGITS, ROOT, peer_config, start_peers
 
-COMMON_REJECTIONS = ("400", "403", "409", "413", "422")
+COMMON_REJECTIONS = ("400", "401", "403", "409", "413", "422", "429")
 
 
 @pytest.fixture(autouse=True)
@@ -258,7 +258,8 @@ async def test_stale_messages_are_counted_as_409_without_a_log_line_each(tmp_pat
     target = peers[0]
     target.position = (3, 0)  # collecting round 3: a round-1 model is stale
     size = target.learner.model.size
-    body = encode_message(Message("model", 1, 1, 0, 1, [(1, torch.zeros(size))]), size)
+    body = peers[1].identity.seal(
+        encode_message(Message("model", 1, 1, 0, 1, [(1, torch.zeros(size))]), size))
     try:
         for _ in range(3):
             assert (await target.handle(body))[0] == 409

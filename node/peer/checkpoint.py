@@ -24,12 +24,32 @@ class CheckpointMismatch(ValueError):
     """The checkpoint in a state directory was written for a model of another size."""
 
 
+def private_folder(path: str | Path) -> Path:
+    """``path`` as a folder only its owner can enter (0700), created if missing: a state
+    folder holds the peer's key, checkpoints and logs."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if folder.stat().st_uid == os.getuid():
+        os.chmod(folder, 0o700)
+    return folder
+
+
+def write_private(path: str | Path, data: bytes) -> None:
+    """Write ``path`` atomically, readable by its owner only (0600)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
 def save_checkpoint(state_dir: str | Path, state: dict[str, Any]) -> Path:
-    folder = Path(state_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_folder(state_dir)
     final = folder / CHECKPOINT
     tmp = folder / f".{CHECKPOINT}.tmp"
-    with open(tmp, "wb") as fh:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
         torch.save(state, fh)
         fh.flush()
         os.fsync(fh.fileno())

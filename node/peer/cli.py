@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -119,10 +120,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from node.peer import init
 
         return init.main(argv[1:])
-    from gossip import ListenError
+    if argv and argv[0] == "keys":  # python -m node keys ...: identities and trust stores
+        from node.peer import keys
+
+        return keys.main(argv[1:])
+    from gossip import ListenError, raise_fd_limit
 
     config = resolve(argv)
     torch.set_num_threads(config.run.threads)
+    os.umask(0o077)  # the state folder holds a private key, checkpoints and logs: owner only
+    raise_fd_limit()  # the soft descriptor limit up to the hard one (connections are capped)
     try:
         return asyncio.run(serve(config))
     # ValueError: e.g. a data split that cannot be made, a checkpoint for another model;
