@@ -431,3 +431,50 @@ def test_tls_that_cannot_be_used_stops_the_peer_at_start(tmp_path):
                                        "ca_file": pki["ca"]}})
     with pytest.raises(ValueError, match="together"):
         PeerConfig.of(id=0, tls_ca=pki["ca"])
+
+
+# -- descriptors -----------------------------------------------------------------------------
+
+
+def test_a_peer_under_a_1024_descriptor_limit_survives_1100_slow_connections(tmp_path):
+    """The issue's crash: 1,100 slow-header connections against a peer under the common 1,024
+    limit ended it with EMFILE in save_checkpoint. Now the connections beyond the cap are closed
+    at once and the peer, which checkpoints every round meanwhile, finishes its rounds."""
+    import resource
+
+    from gossip import raise_fd_limit
+    from tests.test_transport_limits import connect_many
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if raise_fd_limit() < 1300:
+        pytest.skip(f"this test process cannot open 1300 files (hard limit {hard})")
+    port = free_port()
+    state = tmp_path / "state"
+
+    def limit_descriptors() -> None:  # in the child, before python starts
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    sockets = []
+    try:
+        with running([sys.executable, "-m", "node", "--id", "0", "--rounds", "400",
+                      "--listen", f"127.0.0.1:{port}", "--state-dir", str(state),
+                      "--log-file", str(state / "log.jsonl"), "--algorithm", "dfedavg",
+                      "--local-steps", "30",
+                      "--header-timeout-s", "30"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.PIPE, preexec_fn=limit_descriptors) as proc:
+            log = state / "log.jsonl"
+            wait_for(lambda: log.exists() and "listening" in log.read_text(), 60,
+                     "the peer listens")
+            sockets = connect_many(port, 1100)
+            time.sleep(1.0)
+            rounds_then = log.read_text().count('"event": "round"')
+            assert proc.poll() is None, "the peer stopped under the connections"
+            _, stderr = proc.communicate(timeout=240)
+            assert proc.returncode == 0, stderr.decode()[-2000:]
+    finally:
+        for sock in sockets:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    final = json.loads((state / "final.json").read_text())
+    assert final["rounds_completed"] == 400 and final["state"] == "done"
+    assert rounds_then < 400, "the connections came too late to overlap the rounds"

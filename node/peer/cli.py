@@ -48,8 +48,9 @@ def build_parser() -> tuple[SettingsParser, dict[str, tuple[str, str]]]:
         "python -m node",
         "Run one decentralized-learning peer: an aiohttp server and client that trains on its "
         "data shard, gossips with its neighbours, checkpoints every round (resuming after a "
-        "crash) and ends with a global merge. Endpoints: POST /gossip, GET /status, /metrics, "
-        "/healthz.",
+        "crash) and ends with a global merge. Endpoints: POST /gossip (signed messages only), GET "
+        "/status, /metrics (loopback or a token), /healthz. Keys, the network authority and "
+        "trust stores: python -m node keys --help; a starter project: python -m node init DIR.",
         "Every TOML key is documented in docs/peer-config.md; the file has the sections of\n"
         "the groups above. A peer with no neighbours trains alone.")
     p.add_argument("--config", metavar="FILE", help="peer TOML file")
