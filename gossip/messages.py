@@ -46,6 +46,9 @@ VERSION = 1
 KINDS = ("model", "merge", "history")
 _INT_KEYS = ("v", "sender", "round", "step", "degree", "length")
 _KEYS = frozenset(_INT_KEYS + ("kind", "codec", "vectors", "final"))
+# integers stay well inside msgpack's uint64, so counters derived from them (a flood step + 1)
+# can always be sent back
+MAX_INT = 2**62
 
 
 class MessageError(ValueError):
@@ -136,11 +139,9 @@ def _parse(payload: bytes | memoryview, max_bytes: int, max_vectors: int) -> dic
                      "bytes, signature, credential])")
             entries.append([unpacker.unpack() for _ in range(width)])
         raw[key] = entries
-    try:
-        unpacker.unpack()
-    except msgpack.OutOfData:
-        return raw
-    raise MessageError(400, "trailing bytes after the message")
+    if unpacker.tell() != len(payload):  # also a trailing object that never completes
+        raise MessageError(400, "trailing bytes after the message")
+    return raw
 
 
 def decode_message(body: bytes | memoryview, expected_length: int, max_bytes: int, *,
@@ -159,7 +160,8 @@ def decode_message(body: bytes | memoryview, expected_length: int, max_bytes: in
              f"speaks {VERSION}")
     _require(raw.get("kind") in KINDS, f"unknown kind; valid: {', '.join(KINDS)}")
     for key in _INT_KEYS:
-        _require(type(raw[key]) is int and raw[key] >= 0, f"{key} must be a non-negative int")
+        _require(type(raw[key]) is int and 0 <= raw[key] <= MAX_INT,
+                 f"{key} must be an int in [0, 2**62]")
     _require(raw["codec"] in CODECS, f"unknown codec; valid: {', '.join(CODECS)}")
     _require(type(raw["final"]) is bool, "final must be a bool")
     _require(raw["length"] == expected_length,
@@ -172,6 +174,8 @@ def decode_message(body: bytes | memoryview, expected_length: int, max_bytes: in
         _require(len(vectors) == 1, f"a {raw['kind']} message carries exactly one vector")
     if raw["kind"] == "history":
         _require(raw["step"] >= 1, "a history message's step (hop distance) must be >= 1")
+    if raw["kind"] == "model":
+        _require(vectors[0][0] == raw["sender"], "a model message carries its sender's model")
     decoded, proofs, origins = [], {}, set()
     for entry in vectors:
         _require(len(entry) == (4 if merge else 2) and type(entry[0]) is int and entry[0] >= 0

@@ -69,8 +69,14 @@ def raw_message(**changes):
     (b"\xc1\xff garbage", 400, "not msgpack"),
     (msgpack.packb([1, 2, 3]), 400, "not msgpack of the schema"),
     (raw_message(v=2), 400, "unsupported version"),
+    (raw_message() + b"\xdd", 400, "trailing bytes"),  # an object that never completes
+    (raw_message() + b"\x00", 400, "trailing bytes"),
+    (raw_message(round=2**63), 400, "round must be an int"),
+    (raw_message(vectors=[[2, encode(torch.ones(10))]]), 400, "its sender's model"),
+    (msgpack.packb({"v": [{}] * 1000}), 400, "keys missing"),
+    (raw_message(kind=[{}] * 1000), 400, "not msgpack of the schema"),  # no container built
     (raw_message(kind="poison"), 400, "unknown kind"),
-    (raw_message(sender="one"), 400, "sender must be a non-negative int"),
+    (raw_message(sender="one"), 400, r"sender must be an int in \[0, 2\*\*62\]"),
     (raw_message(extra=1), 400, "missing or unexpected"),
     (raw_message(codec="pickle"), 400, "unknown codec"),
     (raw_message(length=11), 422, "model size mismatch: the sender.s model has 11"),
