@@ -57,8 +57,10 @@ def main(argv=None) -> int:
     try:
         if emit:
             paths = emit_configs(settings, emit, hosts)
-            print(f"wrote {len(paths)} peer configs to {emit}; on each machine run: "
-                  f"python -m node --config peerI.toml")
+            print(f"wrote {len(paths)} peer configs to {emit}, with a key and a certificate "
+                  f"per peer and the trust store; copy peerI.toml, peerI.key, peerI.cert and "
+                  f"trust.toml to machine I and run: python -m node --config peerI.toml "
+                  f"(keep authority.key off the peers: it admits new ones)")
             return 0
         summary = launch(settings)
     except (ValueError, OSError) as exc:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from gossip.auth import (
     load_or_create_key,
     public_bytes,
 )
+from node.peer.checkpoint import private_folder, write_private
 
 try:
     import tomllib
@@ -49,14 +49,9 @@ DEFAULT_VALID_DAYS = 365.0
 
 
 def write_private_text(path: Path, text: str) -> None:
-    """A file only its owner can read (0600), replacing an earlier one."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    """A file only its owner can read (0600) in a 0700 folder, replacing an earlier one."""
+    private_folder(path.parent)
+    write_private(path, text.encode())
 
 
 def write_certificate(path: str | Path, cert: Certificate) -> None:
