@@ -48,6 +48,7 @@ import hashlib
 import os
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,11 +198,20 @@ def issue_certificate(authority: Ed25519PrivateKey, *, peer: int, public_key: by
 # -- envelopes -----------------------------------------------------------------------------
 
 
-def _digest(data: bytes | memoryview) -> bytes:
-    return hashlib.sha256(data).digest()
+Buffers = bytes | memoryview | Sequence[bytes | memoryview]
 
 
-def _gossip_statement(sender: int, credential: bytes, payload: bytes | memoryview) -> bytes:
+def _digest(data: Buffers) -> bytes:
+    """SHA-256 of a buffer, or of the concatenation of a list of buffers (hashed in place)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(data).digest()
+    h = hashlib.sha256()
+    for part in data:
+        h.update(part)
+    return h.digest()
+
+
+def _gossip_statement(sender: int, credential: bytes, payload: Buffers) -> bytes:
     return _GOSSIP_DOMAIN + struct.pack(">Q", sender) + _digest(credential) + _digest(payload)
 
 
@@ -235,13 +245,16 @@ class Identity:
             return self.certificate.to_bytes()
         return public_bytes(self.key.public_key())
 
-    def seal(self, payload: bytes) -> bytes:
-        """The envelope of ``payload`` (the module docstring gives the layout)."""
+    def seal(self, payload: Buffers) -> bytes:
+        """The envelope of ``payload`` (the module docstring gives the layout): one buffer, or
+        the list of buffers gossip.messages.encode_parts gives, which are hashed in place and
+        copied once, into the body."""
         credential = self.credential
         signature = bytes(SIGNATURE_SIZE) if self.key is None else \
             self.key.sign(_gossip_statement(self.peer, credential, payload))
-        return _HEAD.pack(MAGIC, ENVELOPE_VERSION, self.peer, len(credential)) + credential + \
-            signature + payload
+        parts = [payload] if isinstance(payload, (bytes, bytearray, memoryview)) else payload
+        return b"".join([_HEAD.pack(MAGIC, ENVELOPE_VERSION, self.peer, len(credential)),
+                         credential, signature, *parts])
 
     def sign_origin(self, round_index: int, vector: bytes | memoryview) -> tuple[bytes, bytes]:
         """(signature, credential) that let any peer verify this peer's merge model."""

@@ -91,7 +91,7 @@ CERT_DOMAIN = b"decent-cert-v1"
 HEAD = struct.Struct(">4sBQH")  # magic, version, sender, credential length
 CERT_BODY = struct.Struct(">4sBQ32sq8s")
 CERT_SIZE = CERT_BODY.size + 64
-FIELDS = ("v", "kind", "sender", "round", "step", "degree", "codec", "length", "vectors", "final")
+FIELDS = ("v", "kind", "sender", "round", "step", "degree", "codec", "length", "final", "vectors")
 INT_FIELDS = ("v", "sender", "round", "step", "degree", "length")
 KINDS = ("model", "merge", "history")
 WIDTH = {"f32": 4, "f16": 2, "bf16": 2, "q8": 1}
@@ -260,7 +260,8 @@ def judge(payload: bytes, w: World) -> tuple[str, tuple | None]:
     if not isinstance(top, Pairs) or len(top) != len(FIELDS):
         return "malformed", None
     keys = [k for k, _ in top]
-    if any(type(k) is not str for k in keys) or sorted(keys) != sorted(FIELDS):
+    if any(type(k) is not str for k in keys) or sorted(keys) != sorted(FIELDS) \
+            or keys[-1] != "vectors":  # the schema puts the vectors last
         return "malformed", None
     m = dict(top)
     if type(m["v"]) is not int or m["v"] != 1 or type(m["kind"]) is not str \
@@ -392,7 +393,7 @@ def well_formed(draw, w: World, rng: random.Random) -> tuple[list, str]:
         entries = [[1 if kind == "model" else draw(st.sampled_from([1, 0, 7])), data]]
     pairs = [("v", 1), ("kind", kind), ("sender", 1), ("round", round_index), ("step", step),
              ("degree", draw(st.sampled_from([1, 1, 0, 2**64 - 1]))), ("codec", codec),
-             ("length", w.length), ("vectors", entries), ("final", draw(st.booleans()))]
+             ("length", w.length), ("final", draw(st.booleans())), ("vectors", entries)]
     if draw(st.booleans()):
         rng.shuffle(pairs)
     return pairs, f"{kind} r={round_index} s={step} {codec} {vdesc}"
@@ -675,14 +676,14 @@ def w_valid_model(w: World, round_index: int, value: float = 0.0) -> bytes:
     vec = np.full(w.length, value, np.float32).tobytes()
     return pack_map([("v", 1), ("kind", "model"), ("sender", 1), ("round", round_index),
                      ("step", 0), ("degree", 1), ("codec", "f32"), ("length", w.length),
-                     ("vectors", [[1, vec]]), ("final", False)])
+                     ("final", False), ("vectors", [[1, vec]])])
 
 
 def w_valid_history(w: World, step: int, round_index: int = 0) -> bytes:
     vec = np.full(w.length, 0.25, np.float32).tobytes()
     return pack_map([("v", 1), ("kind", "history"), ("sender", 1), ("round", round_index),
                      ("step", step), ("degree", 1), ("codec", "f32"), ("length", w.length),
-                     ("vectors", [[7, vec]]), ("final", False)])
+                     ("final", False), ("vectors", [[7, vec]])])
 
 
 @st.composite
@@ -867,7 +868,7 @@ def test_fuzzed_gossip_is_refused_and_the_peer_still_finishes_with_its_neighbour
             # the model's length, as the peer announces it on a 422
             probe = pack_map([("v", 1), ("kind", "model"), ("sender", 1), ("round", 0),
                               ("step", 0), ("degree", 1), ("codec", "f32"), ("length", 1),
-                              ("vectors", [[1, bytes(4)]]), ("final", False)])
+                              ("final", False), ("vectors", [[1, bytes(4)]])])
             status, _, headers = client.request("POST", "/gossip",
                                                 Identity(1, key1, cert1).seal(probe))
             assert status == 422 and headers.get("X-Model-Length", "").isdigit()
@@ -961,7 +962,7 @@ def test_the_default_rate_limit_answers_429(tmp_path):
     size = peer.learner.vector_size
     far = pack_map([("v", 1), ("kind", "model"), ("sender", 1), ("round", 7), ("step", 0),
                     ("degree", 1), ("codec", "f32"), ("length", size),
-                    ("vectors", [[1, bytes(4 * size)]]), ("final", False)])
+                    ("final", False), ("vectors", [[1, bytes(4 * size)]])])
     body = neighbour.seal(far)
 
     async def flood() -> tuple[list[int], float]:

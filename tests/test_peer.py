@@ -140,7 +140,7 @@ async def test_bad_messages_get_4xx_and_the_peer_keeps_training(tmp_path):
         "wrong shape": (body(length=size + 1), 422),
         "NaN": (body(vectors=[[1, encode(torch.full((size,), float("nan")))]]), 422),
         "Inf": (body(vectors=[[1, encode(torch.full((size,), float("inf")))]]), 422),
-        "forged sender": (body(sender=7), 403),
+        "forged sender": (body(sender=7, vectors=[[7, encode(torch.zeros(size))]]), 403),
         "oversized": (b"\0" * (65 * 1024), 413),
     }
     async with aiohttp.ClientSession() as session:
