@@ -478,3 +478,25 @@ def test_a_peer_under_a_1024_descriptor_limit_survives_1100_slow_connections(tmp
     final = json.loads((state / "final.json").read_text())
     assert final["rounds_completed"] == 400 and final["state"] == "done"
     assert rounds_then < 400, "the connections came too late to overlap the rounds"
+
+
+def test_the_keys_command_makes_an_authority_keys_certificates_and_stores(tmp_path, capsys):
+    from node.peer.keys import main, read_trust_store
+
+    net, key, cert = tmp_path / "net", tmp_path / "p3.key", tmp_path / "p3.cert"
+    assert main(["authority", str(net)]) == 0
+    assert main(["new", str(key)]) == 0
+    public = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["issue", "--authority", str(net / "authority.key"), "--peer-id", "3",
+                 "--key", str(key), "--days", "2", "--out", str(cert)]) == 0
+    issued = read_certificate(cert)
+    assert issued.peer == 3 and issued.not_after - time.time() == pytest.approx(2 * 86400, 5)
+    store = read_trust_store(net / "trust.toml")
+    assert store.key_for(3, issued.to_bytes())  # the authority's store admits peer 3
+    assert main(["store", str(tmp_path / "peers.toml"), "--peer", f"3={public}"]) == 0
+    assert read_trust_store(tmp_path / "peers.toml").peers == {3: issued.public_key}
+    assert main(["show", str(cert)]) == 0 and "peer 3" in capsys.readouterr().out
+    assert main(["new", str(key)]) == 2  # a key is never overwritten
+    assert "refusing to overwrite" in capsys.readouterr().err
+    for path in (key, cert, net / "authority.key"):
+        assert path.stat().st_mode & 0o777 == 0o600
