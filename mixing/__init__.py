@@ -21,11 +21,12 @@ from mixing.rules import (
     VarianceCorrected,
     foolsgold_scores,
     make_rule,
+    same_round_similarities,
 )
 
 __all__ = [
     "MIXING_NAMES", "Average", "ClippedGossip", "HistoryRecord", "Krum", "Median", "MixingRule",
     "NearestNeighbourAverage", "SybilWall", "TrimmedMean", "VarianceCorrected",
     "component_average", "consensus_distance", "foolsgold_scores", "make_rule",
-    "neighbour_weights", "weighted_average",
+    "neighbour_weights", "same_round_similarities", "weighted_average",
 ]

@@ -296,6 +296,24 @@ class ClippedGossip(MixingRule):
         return out
 
 
+def _similarity_scores(similarity: torch.Tensor) -> torch.Tensor:
+    """FoolsGold's map from a cosine-similarity matrix (diagonal 0) to scores in [0, 1]:
+    pardoning, a = 1 - row max, normalisation by the largest a, logit + 0.5, clip (float64)."""
+    m = similarity.shape[0]
+    s = similarity.clone()
+    v = s.max(dim=1).values + 1e-5
+    pardon = v[:, None] < v[None, :]
+    s = torch.where(pardon, s * v[:, None] / v[None, :], s)
+    a = (1.0 - s.max(dim=1).values).clamp(0.0, 1.0)
+    top = a.max()
+    if top <= 0:
+        return torch.zeros(m, dtype=torch.float64)
+    a = a / top
+    with torch.no_grad():
+        logit = torch.log(a / (1.0 - a)) + 0.5  # a = 1 -> +inf, a = 0 -> -inf: both clipped
+    return torch.nan_to_num(logit, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
+
+
 def foolsgold_scores(histories: torch.Tensor) -> torch.Tensor:
     """FoolsGold's similarity score per history (Fung et al. 2020; docs/algorithms.md §4.3), in
     float64.
@@ -314,65 +332,112 @@ def foolsgold_scores(histories: torch.Tensor) -> torch.Tensor:
     norms = gram.diagonal().clamp_min(1e-24).sqrt()
     s = gram / norms[:, None] / norms[None, :]
     s.fill_diagonal_(0.0)
-    v = s.max(dim=1).values + 1e-5
-    pardon = v[:, None] < v[None, :]
-    s = torch.where(pardon, s * v[:, None] / v[None, :], s)
-    a = (1.0 - s.max(dim=1).values).clamp(0.0, 1.0)
-    top = a.max()
-    if top <= 0:
-        return torch.zeros(m, dtype=torch.float64)
-    a = a / top
-    with torch.no_grad():
-        logit = torch.log(a / (1.0 - a)) + 0.5  # a = 1 -> +inf, a = 0 -> -inf: both clipped
-    return torch.nan_to_num(logit, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
+    return _similarity_scores(s)
+
+
+def same_round_similarities(vectors: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities (float64, diagonal 0) of ``vectors`` (one row per origin, all of one
+    round) after subtracting ``reference`` from each: where each model sits relative to the
+    receiver's picture of that round, not where all models sit (docs/algorithms.md §4.3).
+    Identical vectors stay identical after centring, so their cosine is exactly 1."""
+    centred = vectors - reference
+    gram = (centred @ centred.T).to(torch.float64)
+    norms = gram.diagonal().clamp_min(1e-24).sqrt()
+    s = (gram / norms[:, None] / norms[None, :]).clamp(-1.0, 1.0)
+    return s.fill_diagonal_(0.0)
 
 
 class SybilWall(MixingRule):
     """SybilWall (Werthenbach and Pouwelse 2023; docs/algorithms.md §4.2-4.5).
 
-    The peer keeps one history per origin. Direct neighbours' histories come from the models they
-    send: ``history_mode="latest"`` keeps the latest model (what the authors' code computes, since
-    its first "difference" is the full model), ``"sum"`` accumulates the updates as FoolsGold
-    does, ``h <- h + (x_r - x_prev)`` with ``h_0 = x_0 - init`` (``init`` is the shared initial
-    model; without one, ``h_0 = x_0`` as in the authors' code). Histories of
-    distant origins arrive by probabilistic gossip (:meth:`history_for` / :meth:`accept_history`)
-    and only sharpen the scores: their models are never averaged in.
+    The peer keeps one history per origin: direct neighbours' come from the models they send,
+    distant origins' arrive by probabilistic gossip (:meth:`history_for` / :meth:`accept_history`)
+    and only sharpen the scores a_j in [0, 1] of the neighbours: their models are never averaged
+    in. ``history_mode`` says what is compared, how the scores are computed and how they
+    aggregate (docs/algorithms.md §4.3-4.4):
 
-    Aggregation, the normalised formula of docs/algorithms.md §4.4::
+    * ``"rounds"`` (default, docs/algorithms.md §4.3): records are compared only with records
+      *of the same round*. The peer keeps every origin's model of the last ``window`` rounds (its
+      neighbours' from what they sent, distant origins' from gossip, which carries the round) and
+      its own. For each round it centres that round's models on their coordinate-wise median
+      (its own included; the median, unlike the mean, is not dragged towards a block of Sybil
+      copies) and takes cosines (:func:`same_round_similarities`); a pair's similarity is the
+      one of the newest round both were seen in, and is kept after the records expire. Records
+      are gossiped only while a receiver can still match them. Neighbour j's
+      similarity m_j is its largest with any other origin, and
+      ``a_j = clip((threshold - m_j) / ramp, 0, 1)``: 0 from ``threshold`` up, 1 from
+      ``threshold - ramp`` down. The identities of one adversary send one model per round,
+      so their same-round records are identical (cosine 1, weight 0); honest models of one round
+      differ by what each peer's own data pulled them towards. Aggregation: the Metropolis
+      weights scaled by the scores, what they remove kept by the own model,
+      ``x_i' = x_i + sum_j w_ij a_j (x_j - x_i)``; with every score 1 this is plain gossip
+      averaging, and a Sybil hub with many edges gets the small Metropolis weight of a hub
+      (without ``weights``, w_ij = 1 / (1 + n) for n received).
+      ``logit=True`` maps the same similarities to scores by FoolsGold's pardoning and logit
+      (:func:`foolsgold_scores`) instead of the threshold (a variant, for comparison).
+    * ``"latest"`` and ``"sum"``: the authors' scoring, :func:`foolsgold_scores` over the latest
+      history of every known origin (neighbours first, in id order, then distant origins),
+      whatever their rounds. ``"latest"`` keeps the latest model (what the authors' code
+      computes, since its first "difference" is the full model), ``"sum"`` accumulates the
+      updates as FoolsGold does, ``h <- h + (x_r - x_prev)`` with ``h_0 = x_0 - init`` (``init``
+      is the shared initial model; without one, ``h_0 = x_0`` as in the authors' code).
+      Aggregation: the normalised formula ``x_i' = (x_i + sum_j a_j x_j) / (1 + sum_j a_j)``.
 
-        x_i' = (x_i + sum_{j present} a_j x_j) / (1 + sum_j a_j)
-
-    with a = :func:`foolsgold_scores` over all known histories (neighbours first, in id order,
-    then distant origins). The authors' ``sybilwall.py`` appends the own weight after the scores
-    of *all* histories, so with distant histories present its own model receives the first
-    distant score and the weights do not sum to 1; we implement the intended normalisation.
+    The authors' ``sybilwall.py`` appends the own weight after the scores of *all* histories, so
+    with distant histories present its own model receives the first distant score and the weights
+    do not sum to 1; we implement the intended normalisation.
 
     ``gossip=False`` never shares histories: local FoolsGold, the paper's baseline.
     """
 
     name = "sybilwall"
-    HISTORY_MODES = ("latest", "sum")
+    HISTORY_MODES = ("rounds", "latest", "sum")
 
-    def __init__(self, own_id: int, *, history_mode: str = "latest", gossip: bool = True,
-                 decay: float = 0.8, seed: int = 0, init: torch.Tensor | None = None):
+    def __init__(self, own_id: int, *, history_mode: str = "rounds", gossip: bool = True,
+                 decay: float = 0.8, seed: int = 0, init: torch.Tensor | None = None,
+                 window: int = 8, threshold: float = 0.99, ramp: float = 0.04,
+                 logit: bool = False):
         if history_mode not in self.HISTORY_MODES:
             raise ValueError(f"history_mode: unknown {history_mode!r}; valid: "
                              f"{', '.join(self.HISTORY_MODES)}")
         if decay <= 0:
             raise ValueError(f"decay must be > 0, got {decay}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        if not -1.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (-1, 1], got {threshold}")
+        if ramp <= 0:
+            raise ValueError(f"ramp must be > 0, got {ramp}")
         self.own_id = own_id
         self.history_mode = history_mode
         self.gossip = gossip
         self.decay = decay
+        # "authors", "rounds" or "rounds-foolsgold"
+        self.scoring = "authors" if history_mode != "rounds" else \
+            "rounds-foolsgold" if logit else "rounds"
+        self.window = window
+        self.threshold = threshold
+        self.ramp = ramp
         self.init = None if init is None else init.detach().clone()
         self.records: dict[int, HistoryRecord] = {}
         self._last_model: dict[int, torch.Tensor] = {}
         self.generator = torch.Generator().manual_seed(seed)
         self.last_weights: dict[int, float] = {}
+        self.last_similarity: dict[int, float] = {}
+        # round scorings: origin -> round -> model, the own models, and the similarity memory
+        self._seen: dict[int, dict[int, torch.Tensor]] = {}
+        self._own: dict[int, torch.Tensor] = {}
+        self._dirty: set[int] = set()
+        self._round: int | None = None
+        self._slot: dict[int, int] = {}
+        self._sim = torch.zeros((0, 0), dtype=torch.float64)
+        self._sim_round = torch.zeros((0, 0), dtype=torch.int64)
+
+    # -- the authors' histories and scores ----------------------------------------------------
 
     def _observe(self, origin: int, model: torch.Tensor, round_index: int) -> None:
         """Update a direct neighbour's history with the model it just sent."""
-        if self.history_mode == "latest":
+        if self.history_mode != "sum":
             vector = model.detach().clone()
         else:
             previous = self._last_model.get(origin, self.init)
@@ -381,9 +446,10 @@ class SybilWall(MixingRule):
             vector = delta if old is None or old.distance > 1 else old.vector + delta
             self._last_model[origin] = model.detach().clone()
         self.records[origin] = HistoryRecord(round_index, 1, origin, vector)
+        if self.scoring != "authors":
+            self._seen.setdefault(origin, {})[round_index] = vector
 
-    def scores(self, neighbours: Sequence[int]) -> dict[int, float]:
-        """Similarity score of each of ``neighbours`` computed against every known history."""
+    def _authors_scores(self, neighbours: Sequence[int]) -> dict[int, float]:
         direct = sorted(o for o, r in self.records.items() if r.distance == 1)
         distant = sorted(o for o, r in self.records.items() if r.distance > 1)
         order = direct + distant
@@ -393,11 +459,96 @@ class SybilWall(MixingRule):
         position = {o: k for k, o in enumerate(order)}
         return {j: float(a[position[j]]) for j in neighbours if j in position}
 
+    # -- same-round similarities ----------------------------------------------------------------
+
+    def _slots(self, origins: Sequence[int]) -> torch.Tensor:
+        """The rows of ``origins`` in the similarity memory (new origins get new rows)."""
+        for o in origins:
+            if o not in self._slot:
+                self._slot[o] = len(self._slot)
+        size = len(self._slot)
+        if size > self._sim.shape[0]:
+            grown = max(size, 2 * self._sim.shape[0], 8)
+            sim = torch.zeros((grown, grown), dtype=torch.float64)
+            rounds = torch.full((grown, grown), -1, dtype=torch.int64)
+            old = self._sim.shape[0]
+            sim[:old, :old], rounds[:old, :old] = self._sim, self._sim_round
+            self._sim, self._sim_round = sim, rounds
+        return torch.tensor([self._slot[o] for o in origins], dtype=torch.int64)
+
+    def _forget_before(self, oldest: int) -> None:
+        for rounds in self._seen.values():
+            for r in [r for r in rounds if r < oldest]:
+                del rounds[r]
+        for r in [r for r in self._own if r < oldest]:
+            del self._own[r]
+        self._dirty = {r for r in self._dirty if r >= oldest}
+
+    def _update_similarities(self) -> None:
+        """Recompute the similarities of every round whose set of records changed, oldest first;
+        a pair keeps the value of the newest round it was seen in."""
+        for r in sorted(self._dirty):
+            origins = sorted(o for o, rounds in self._seen.items() if r in rounds)
+            if len(origins) < 2:
+                continue
+            vectors = torch.stack([self._seen[o][r] for o in origins])
+            pool = vectors if r not in self._own else torch.cat(
+                [vectors, self._own[r].to(vectors.device, vectors.dtype)[None]])
+            s = same_round_similarities(vectors, pool.median(dim=0).values)
+            slots = self._slots(origins)
+            block = (slots[:, None], slots[None, :])
+            newer = self._sim_round[block] <= r
+            self._sim[block] = torch.where(newer, s, self._sim[block])
+            self._sim_round[block] = torch.where(newer, torch.full_like(newer, r,
+                                                                        dtype=torch.int64),
+                                                 self._sim_round[block])
+        self._dirty.clear()
+
+    def _round_scores(self, neighbours: Sequence[int]) -> dict[int, float]:
+        present = [j for j in neighbours if j in self._slot]
+        if not present:
+            return dict.fromkeys(neighbours, 1.0)
+        size = len(self._slot)
+        sim, known = self._sim[:size, :size], self._sim_round[:size, :size] >= 0
+        known = known & ~torch.eye(size, dtype=torch.bool)
+        rows = torch.tensor([self._slot[j] for j in present], dtype=torch.int64)
+        if self.scoring == "rounds-foolsgold":
+            a = _similarity_scores(torch.where(known, sim, 0.0).clamp_min(0.0))[rows]
+            largest = torch.where(known[rows], sim[rows], -1.0).max(dim=1).values
+        else:
+            largest = torch.where(known[rows], sim[rows], -1.0).max(dim=1).values
+            a = ((self.threshold - largest) / self.ramp).clamp(0.0, 1.0)
+        self.last_similarity = {j: float(m) for j, m in zip(present, largest, strict=True)}
+        out = dict.fromkeys(neighbours, 1.0)
+        out.update({j: float(w) for j, w in zip(present, a, strict=True)})
+        return out
+
+    def scores(self, neighbours: Sequence[int]) -> dict[int, float]:
+        """Similarity score of each of ``neighbours`` computed against every known history."""
+        if self.scoring == "authors":
+            return self._authors_scores(neighbours)
+        self._update_similarities()
+        return self._round_scores(neighbours)
+
     def mix(self, own, received, weights, round_index=0):
+        if self.scoring != "authors":
+            self._round = round_index if self._round is None else max(self._round, round_index)
+            self._own[round_index] = own.detach().clone()
+            self._dirty.add(round_index)
+            self._forget_before(self._round - self.window + 1)
         for j in sorted(received):
             self._observe(j, received[j], round_index)
         score = self.scores(sorted(received))
         self.last_weights = score
+        if self.scoring != "authors":
+            # Metropolis weights scaled by the scores, the rest kept by the own model
+            n = len(received)
+            out = own.clone()
+            for j in sorted(received):
+                w = weights.get(j, 1.0 / (1 + n)) * score[j]
+                if w > 0:
+                    out.add_(received[j].to(own.device, own.dtype) - own, alpha=w)
+            return out
         total = 1.0 + sum(score.values())
         out = own / total
         for j in sorted(received):
@@ -410,11 +561,13 @@ class SybilWall(MixingRule):
 
         Candidates exclude ``neighbour``'s own record and every record received from it; a
         record at distance d is picked with probability proportional to decay exp(-decay (d-1)).
+        The record is the origin's latest, with its round.
         """
         if not self.gossip:
             return None
         candidates = sorted(o for o, r in self.records.items()
-                            if o not in (self.own_id, neighbour) and r.received_from != neighbour)
+                            if o not in (self.own_id, neighbour) and r.received_from != neighbour
+                            and self._useful(r))
         if not candidates:
             return None
         weights = torch.tensor([self.decay * math.exp(-self.decay * (self.records[o].distance - 1))
@@ -422,18 +575,39 @@ class SybilWall(MixingRule):
         pick = int(torch.multinomial(weights, 1, generator=self.generator))
         return candidates[pick], self.records[candidates[pick]]
 
+    def _useful(self, record: HistoryRecord) -> bool:
+        """Under the round scorings a record is worth gossiping only while a receiver can still
+        find models of its round: it mixes next in the round after this peer's latest, with a
+        window of ``window`` rounds. The authors' scoring gossips any record."""
+        if self.scoring == "authors" or self._round is None:
+            return True
+        return record.round >= self._round - self.window + 2
+
     def accept_history(self, sender: int, origin: int, round_index: int, distance: int,
                        vector: torch.Tensor) -> bool:
         """Store a gossiped history at distance ``distance + 1``; a direct neighbour's own record
-        is never replaced, a distant one only by a newer round. Returns whether it was stored."""
+        is never replaced, a distant one only by a newer round. The round scorings also keep a
+        distant origin's record of any round of the window they do not have yet (a late record
+        of an older round can still be compared with the models of that round). Returns whether
+        it was stored."""
         if origin == self.own_id:
             return False
         old = self.records.get(origin)
-        if old is not None and (old.distance == 1 or round_index <= old.round):
+        if old is not None and old.distance == 1:
             return False
-        self.records[origin] = HistoryRecord(round_index, distance + 1, sender,
-                                             vector.detach().clone())
-        return True
+        stored = False
+        if self.scoring != "authors":
+            rounds = self._seen.setdefault(origin, {})
+            fresh = self._round is None or round_index > self._round - self.window
+            if fresh and round_index not in rounds:
+                rounds[round_index] = vector.detach().clone()
+                self._dirty.add(round_index)
+                stored = True
+        if old is None or round_index > old.round:
+            self.records[origin] = HistoryRecord(round_index, distance + 1, sender,
+                                                 vector.detach().clone())
+            stored = True
+        return stored
 
 
 MIXING_NAMES = ("average", "variance-corrected", "sybilwall", "foolsgold", "median",
@@ -442,22 +616,24 @@ MIXING_NAMES = ("average", "variance-corrected", "sybilwall", "foolsgold", "medi
 
 def make_rule(name: str, *, own_id: int = 0, boundaries: Boundaries = (), f: int = 1,
               radius: float | None = None, own_weight: float | None = None,
-              target: str = "others", history_mode: str = "latest", decay: float = 0.8,
-              seed: int = 0, init: torch.Tensor | None = None) -> MixingRule:
+              target: str = "others", history_mode: str = "rounds", decay: float = 0.8,
+              seed: int = 0, init: torch.Tensor | None = None, window: int = 8,
+              threshold: float = 0.99, ramp: float = 0.04, logit: bool = False) -> MixingRule:
     """The rule called ``name`` for peer ``own_id``: one fresh instance per peer.
 
     ``f`` is the number of Byzantine inputs tolerated (trimmed-mean, krum, multi-krum, nna);
     ``radius`` the clipping radius (None: adaptive); ``own_weight`` and ``target`` configure the
-    variance correction; ``history_mode``, ``decay``, ``seed`` and ``init`` configure SybilWall
-    (``foolsgold`` is SybilWall without history gossip).
+    variance correction; ``history_mode``, ``decay``, ``seed``, ``init``, ``window``,
+    ``threshold``, ``ramp`` and ``logit`` configure SybilWall (``foolsgold`` is SybilWall
+    without history gossip).
     """
+    wall = {"history_mode": history_mode, "decay": decay, "seed": seed, "init": init,
+            "window": window, "threshold": threshold, "ramp": ramp, "logit": logit}
     builders = {
         "average": lambda: Average(),
         "variance-corrected": lambda: VarianceCorrected(boundaries, own_weight, target),
-        "sybilwall": lambda: SybilWall(own_id, history_mode=history_mode, gossip=True,
-                                       decay=decay, seed=seed, init=init),
-        "foolsgold": lambda: SybilWall(own_id, history_mode=history_mode, gossip=False,
-                                       decay=decay, seed=seed, init=init),
+        "sybilwall": lambda: SybilWall(own_id, gossip=True, **wall),
+        "foolsgold": lambda: SybilWall(own_id, gossip=False, **wall),
         "median": lambda: Median(),
         "trimmed-mean": lambda: TrimmedMean(f),
         "krum": lambda: Krum(f, select=1),

@@ -306,8 +306,9 @@ class MixingSection(Section):
     vc_target: Annotated[str, OneOf(lambda: VarianceCorrected.TARGETS)] = setting(
         "others", "variance-corrected target variance")
     history_mode: Annotated[str, OneOf(lambda: SybilWall.HISTORY_MODES)] = setting(
-        "latest", "sybilwall/foolsgold history: latest model (the authors' code) or sum of "
-        "updates (FoolsGold)")
+        "rounds", "sybilwall/foolsgold history: rounds compares the models of one round centred "
+        "on their median (weight 0 for near-copies, docs/algorithms.md 4.3); latest (the "
+        "authors' code) and sum of updates (FoolsGold) use the authors' scores")
     history_decay: float = setting(0.8, "sybilwall: a history d hops away is gossiped with "
                                    "weight decay exp(-decay (d-1))", gt=0)
     init: Annotated[str, OneOf(lambda: INITS)] = setting(
@@ -327,9 +328,15 @@ class AttackSection(Section):
 
     kind: Annotated[str | None, OneOf(lambda: ATTACKS)] = setting(
         None, "label-flip swaps classes 0 and 1, backdoor adds a 3x3 trigger labelled 1, noise "
-        "sends x + scale N(0, I), sign-flip sends -scale x", flag="--attack")
-    scale: float | None = setting(None, "strength: the noise's std, or sign-flip's factor "
-                                  "(default: 100 and 1)", gt=0, flag="--attack-scale")
+        "sends x + scale N(0, I), sign-flip sends -scale x; sybil-noise and sybil-slices are "
+        "label-flipping Sybils whose identities add their own noise x + scale N(0, I) or train "
+        "on their own slice of the poisoned data", flag="--attack")
+    scale: float | None = setting(None, "strength: the noise's std (noise, sybil-noise), or "
+                                  "sign-flip's factor (default: 100, 0.01 and 1)", gt=0,
+                                  flag="--attack-scale")
+    slices: int | None = setting(None, "sybil-slices: disjoint parts of the poisoned data, "
+                                 "identity k trains on part k mod slices (default: one per "
+                                 "identity)", ge=1, tools=("sim",))
     adversaries: int = setting(0, "K adversarial peers placed at random", ge=0,
                                tools=EXPERIMENT)
     sybils: int | None = setting(None, "S Sybil identities of one adversary, attached by "
@@ -342,10 +349,18 @@ class AttackSection(Section):
     def _placement(self) -> AttackSection:
         placed = self.adversaries > 0 or self.phi is not None
         if self.kind is None:
-            if placed or self.sybils is not None or self.scale is not None:
+            if placed or self.sybils is not None or self.scale is not None or \
+                    self.slices is not None:
                 raise ValueError("adversaries/sybils/phi/scale need kind "
                                  f"(--attack, one of: {', '.join(ATTACKS)})")
             return self
+        if ATTACKS[self.kind].per_identity and self.phi is None:
+            raise ValueError(f"{self.kind} is an attack of Sybil identities (simulator only): "
+                             "give phi PHI (and optionally sybils S)")
+        if self.slices is not None and self.kind != "sybil-slices":
+            raise ValueError(f"slices applies to sybil-slices only, not {self.kind}")
+        if self.scale is not None and self.kind == "sybil-slices":
+            raise ValueError("sybil-slices has no scale (its identities differ by their data)")
         if self.adversaries > 0 and self.phi is not None:
             raise ValueError("give either adversaries K or sybils S with phi PHI, "
                              "not both")
@@ -355,7 +370,8 @@ class AttackSection(Section):
 
     def attack(self) -> Attack | None:
         """The behaviour (``node.learning.attacks``), or None for an honest peer."""
-        return None if self.kind is None else make_attack(self.kind, scale=self.scale)
+        return None if self.kind is None else make_attack(self.kind, scale=self.scale,
+                                                          slices=self.slices)
 
 
 class RunSection(Section):

@@ -151,7 +151,24 @@ class Simulation:
         return active
 
     def local_updates(self, round_index: int) -> dict[int, float]:
-        return {k: self.learners[k].local_update(round_index) for k in self._active()}
+        """Every active learner's local update; a Sybil attack whose identities differ
+        (``Attack.per_identity``) runs its own (``Attack.local_update``)."""
+        losses = {}
+        for k, identities in self._active().items():
+            learner = self.learners[k]
+            if learner.attack is not None and learner.attack.per_identity:
+                losses[k] = learner.attack.local_update(learner, identities, round_index)
+            else:
+                losses[k] = learner.local_update(round_index)
+        return losses
+
+    def _sent(self, k: int, identities: list[int], round_index: int) -> dict[int, torch.Tensor]:
+        """What each identity of learner ``k`` sends: its outgoing vector from all of them, or,
+        for a Sybil attack whose identities differ, ``Attack.identity_vectors``."""
+        learner = self.learners[k]
+        if learner.attack is not None and learner.attack.per_identity:
+            return learner.attack.identity_vectors(learner, identities, round_index)
+        return dict.fromkeys(identities, learner.outgoing())
 
     def gossip_step(self, graph: nx.Graph, round_index: int = 0) -> None:
         """One synchronous exchange: every alive identity sends its learner's outgoing vector to
@@ -161,14 +178,14 @@ class Simulation:
         weighs them uniformly (it averages plainly, docs/algorithms.md §4.6)."""
         message_bytes = encoded_size(self.model_size)
         active = self._active()
-        sent = {k: self.learners[k].outgoing() for k in active}
+        sent = {k: self._sent(k, identities, round_index) for k, identities in active.items()}
         mixed = {}
         for k, identities in active.items():
             received, degrees = {}, {}
             for v in identities:
                 for j in graph.neighbors(v):
                     if j in self.alive and self.owner[j] != k:
-                        received[j], degrees[j] = sent[self.owner[j]], graph.degree[j]
+                        received[j], degrees[j] = sent[self.owner[j]][j], graph.degree[j]
             own_degree = graph.degree[identities[0]]
             if len(identities) > 1:
                 own_degree = len(received)

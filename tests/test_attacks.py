@@ -71,6 +71,62 @@ def test_model_attacks_poison_what_is_sent_and_not_the_model(digits):
     assert honest.outgoing() is honest.params and isinstance(honest.rule, ClippedGossip)
 
 
+def test_sybil_noise_gives_every_identity_its_own_noise_around_the_shared_model(digits):
+    attack = make_attack("sybil-noise", scale=0.5)
+    assert attack.per_identity and make_attack("sybil-noise").strength == 0.01
+    adversary = learner(30, digits, torch.arange(50), "logreg", attack=attack)
+    sent = attack.identity_vectors(adversary, [30, 31, 32], round_index=0)
+    assert sorted(sent) == [30, 31, 32]
+    base = adversary.params
+    for v in sent.values():
+        assert 0.45 < float((v - base).std()) < 0.55
+    assert not torch.equal(sent[30], sent[31]) and not torch.equal(sent[31], sent[32])
+    again = attack.identity_vectors(adversary, [30, 31, 32], round_index=0)
+    assert not torch.equal(again[30], sent[30])  # fresh noise every gossip step
+    with pytest.raises(ValueError, match="identity_vectors"):
+        adversary.outgoing()  # the one-vector path would give every identity the same noise
+
+
+def test_sybil_slices_train_disjoint_slices_from_one_model(digits):
+    attack = make_attack("sybil-slices", slices=2)
+    adversary = learner(30, digits, torch.arange(50), "logreg", attack=attack)
+    poisoned = len(adversary.trainer.y)
+    start = adversary.params.clone()
+    identities = [30, 31, 32]
+    before = attack.identity_vectors(adversary, identities, round_index=0)
+    assert all(torch.equal(v, start) for v in before.values())  # nothing trained yet
+    loss = attack.local_update(adversary, identities, round_index=0)
+    assert loss > 0
+    from node.learning.attacks import _SLICES
+    trainers = _SLICES[adversary]["trainers"]
+    assert len(trainers) == 2 and sum(len(t.y) for t in trainers) == poisoned
+    rows = torch.cat([t.x for t in trainers])
+    assert torch.equal(rows.sort(dim=0).values, adversary.trainer.x.sort(dim=0).values)
+    sent = attack.identity_vectors(adversary, identities, round_index=0)
+    assert torch.equal(sent[30], sent[32]) and not torch.equal(sent[30], sent[31])
+    assert not torch.equal(sent[30], start)
+    assert torch.allclose(adversary.params, (sent[30] + sent[31]) / 2)  # it keeps their mean
+    one_each = make_attack("sybil-slices")
+    other = learner(31, digits, torch.arange(50), "logreg", attack=one_each)
+    one_each.local_update(other, identities, round_index=0)
+    assert len(_SLICES[other]["trainers"]) == 3
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"attack": "sybil-noise", "adversaries": 2}, "sybil-noise is an attack of Sybil identities"),
+    ({"attack": "sybil-slices"}, "sybil-slices is an attack of Sybil identities"),
+    ({"attack": "label-flip", "phi": 1.0, "slices": 2}, "slices applies to sybil-slices only"),
+    ({"attack": "sybil-slices", "phi": 1.0, "attack_scale": 0.1}, "sybil-slices has no scale"),
+])
+def test_evasive_sybil_settings_are_checked(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        SimConfig.of(nodes=10, **settings)
+    config = SimConfig.of(nodes=10, attack="sybil-slices", phi=1.0, slices=3)
+    assert config.attack.attack() == make_attack("sybil-slices", slices=3)
+    with pytest.raises(ValueError, match="slices applies to sybil-slices only"):
+        make_attack("noise", slices=2)
+
+
 class Constant(torch.nn.Module):
     def __init__(self, label):
         super().__init__()

@@ -107,7 +107,8 @@ def test_identical_histories_get_weight_zero_and_distinct_ones_near_one():
 
 
 def test_sybilwall_weights_sum_to_one_with_the_own_model_and_ignore_distant_models():
-    rule = SybilWall(own_id=0, gossip=True, seed=1)
+    # the authors' scoring and normalised aggregation (docs/algorithms.md §4.4)
+    rule = SybilWall(own_id=0, gossip=True, seed=1, history_mode="latest")
     honest = vectors(3, dim=50, seed=7)
     sybil = vectors(1, dim=50, seed=8)[0]
     rule.accept_history(sender=2, origin=9, round_index=0, distance=1, vector=sybil)
@@ -119,6 +120,25 @@ def test_sybilwall_weights_sum_to_one_with_the_own_model_and_ignore_distant_mode
     expected = (own + w[1] * honest[0] + w[2] * honest[1]) / (1 + w[1] + w[2])
     assert torch.allclose(out, expected, atol=1e-12)
     assert 9 not in w  # a distant history is scored against, never averaged in
+
+
+def test_sybilwall_rounds_scores_scale_the_metropolis_weights():
+    rule = SybilWall(own_id=0, gossip=True, seed=1)
+    honest = vectors(3, dim=50, seed=7)
+    sybil = vectors(1, dim=50, seed=8)[0]
+    rule.accept_history(sender=2, origin=9, round_index=0, distance=1, vector=sybil)
+    own = torch.zeros(50, dtype=torch.float64)
+    received = {1: honest[0], 2: honest[1], 3: sybil.clone()}  # neighbour 3 copies distant 9
+    weights = {1: 0.25, 2: 0.2, 3: 0.25}
+    out = rule.mix(own, received, weights)
+    w = rule.last_weights
+    assert w == {1: 1.0, 2: 1.0, 3: 0.0} and 9 not in w
+    expected = own + 0.25 * (honest[0] - own) + 0.2 * (honest[1] - own)
+    assert torch.allclose(out, expected, atol=1e-12)
+    # every score 1: plain gossip averaging
+    clean = SybilWall(own_id=0, seed=1)
+    assert torch.allclose(clean.mix(own, received, weights),
+                          weighted_average(own, received, weights), atol=1e-12)
 
 
 def test_sybilwall_gossip_picks_by_distance_and_never_returns_to_the_source():

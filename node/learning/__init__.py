@@ -3,7 +3,14 @@ the algorithms by name, attacks, and the ``Learner`` that the simulator and the 
 drive. It knows nothing of networks or configuration files."""
 
 from node.learning.algorithms import ALGORITHM_NAMES, Algorithm, resolve_algorithm
-from node.learning.attacks import ATTACKS, Attack, choose_adversaries, make_attack
+from node.learning.attacks import (
+    ATTACKS,
+    Attack,
+    SybilNoise,
+    SybilSlices,
+    choose_adversaries,
+    make_attack,
+)
 from node.learning.data import (
     DATASETS,
     PARTITIONS,
@@ -31,7 +38,8 @@ from node.learning.training import (
 __all__ = [
     "ALGORITHM_NAMES", "ATTACKS", "Algorithm", "Attack", "BUFFER_MODES", "BatchSampler",
     "DATASETS", "Dataset",
-    "FlatModel", "INITS", "Learner", "LocalTrainer", "MODELS", "PARTITIONS", "TensorSlice",
+    "FlatModel", "INITS", "Learner", "LocalTrainer", "MODELS", "PARTITIONS", "SybilNoise",
+    "SybilSlices", "TensorSlice",
     "TrainConfig", "accuracy", "build_model", "choose_adversaries", "derive_seed", "make_attack",
     "dirichlet_partition", "iid_partition", "load_dataset", "load_digits", "make_learner",
     "partition", "resolve_algorithm", "sam_gradient", "sgd_step", "shard_partition",

@@ -88,6 +88,9 @@ REFUSAL_REASONS = {400: "malformed", 401: "not authenticated", 403: "not a neigh
                    409: "stale", 413: "too large", 422: "bad vector", 429: "too many"}
 # statuses whose rejection counter /metrics shows from the start (at 0)
 COMMON_REJECTIONS = (400, 401, 403, 409, 413, 422, 429)
+# history records (SybilWall's gossip) of up to this many rounds back are accepted: the rule
+# compares models of the same round over a window of 8 rounds (mixing.SybilWall, window)
+HISTORY_ROUNDS = 8
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +98,14 @@ logger = logging.getLogger(__name__)
 def refusal_reason(status: int) -> str:
     """A short reason code for a 4xx answer, derived from the status alone."""
     return REFUSAL_REASONS.get(status, "refused")
+
+
+def replay_key(message: Message) -> tuple:
+    """What a sender may send once: (kind, round, step), and for a history record also its
+    origin (one neighbour gossips records of several origins of the same round)."""
+    if message.kind == "history":
+        return ("history", message.round, message.step, message.vectors[0][0])
+    return (message.kind, message.round, message.step)
 
 
 def catch_up_target(own_round: int, claims: list[int]) -> int:
@@ -456,7 +467,7 @@ class Peer:
             self.rejected[409] += 1
             return 409, refusal
         key = (message.kind, message.round, message.step)
-        self._seen[sender].add(key)
+        self._seen[sender].add(replay_key(message))
         if message.kind == "history":  # SybilWall's gossip: step carries the record's distance
             origin, vector = message.vectors[0]
             self.learner.accept_history(sender, origin, message.round, message.step, vector)
@@ -482,8 +493,7 @@ class Peer:
     def _outside_window(self, message: Message) -> str | None:
         """Why ``message`` is not accepted now (stale, replayed, too far ahead), else None."""
         position_round, position_step = self.position
-        key = (message.kind, message.round, message.step)
-        if key in self._seen[message.sender]:
+        if replay_key(message) in self._seen[message.sender]:
             return "replay: this (kind, round, step) was already received from this sender"
         if message.kind == "model":
             if (message.round, message.step) < self.position:
@@ -495,7 +505,7 @@ class Peer:
                     message.step >= self.algorithm.gossip_steps:
                 return "outside the window: rounds beyond the next are not buffered"
         elif message.kind == "history":
-            if abs(message.round - position_round) > 1:
+            if not position_round - HISTORY_ROUNDS < message.round <= position_round + 1:
                 return "outside the window: a history record of another round"
         else:
             if message.round != self.config.run.rounds:
@@ -523,7 +533,8 @@ class Peer:
         """Drop the replay guard's and the inbox's entries of rounds before ``round_index``
         (they can never be collected), which keeps both bounded."""
         for seen in self._seen.values():
-            seen.difference_update([k for k in seen if k[0] != "merge" and k[1] < round_index])
+            seen.difference_update([k for k in seen if k[0] != "merge" and k[1] < round_index
+                                    - (HISTORY_ROUNDS if k[0] == "history" else 0)])
         for key in [k for k in self.inbox if k[0] != "merge" and k[1] < round_index]:
             self._take(key)
 
