@@ -49,54 +49,8 @@ EVASIVE_ARMS = ("average", "sybilwall", "median")
 ATTACK = "label-flip"
 
 
-class IdentitySimulation(Simulation):
-    """The reference engine, asking a Sybil adversary what each of its identities sends
-    (``Attack.local_update`` / ``Attack.identity_vectors``), which the evasive Sybil attacks
-    need. Same as ``Simulation`` for every other attack: the change proposed for
-    ``sim/engine.py``, applied here until the engine has it."""
-
-    def local_updates(self, round_index):
-        losses = {}
-        for k, identities in self._active().items():
-            learner = self.learners[k]
-            if learner.attack is not None and learner.attack.per_identity:
-                losses[k] = learner.attack.local_update(learner, identities, round_index)
-            else:
-                losses[k] = learner.local_update(round_index)
-        return losses
-
-    def _sent(self, k, identities, round_index):
-        learner = self.learners[k]
-        if learner.attack is not None and learner.attack.per_identity:
-            return learner.attack.identity_vectors(learner, identities, round_index)
-        return dict.fromkeys(identities, learner.outgoing())
-
-    def gossip_step(self, graph, round_index=0):
-        from gossip import encoded_size
-
-        message_bytes = encoded_size(self.model_size)
-        active = self._active()
-        sent = {k: self._sent(k, identities, round_index) for k, identities in active.items()}
-        mixed = {}
-        for k, identities in active.items():
-            received, degrees = {}, {}
-            for v in identities:
-                for j in graph.neighbors(v):
-                    if j in self.alive and self.owner[j] != k:
-                        received[j], degrees[j] = sent[self.owner[j]][j], graph.degree[j]
-            own_degree = graph.degree[identities[0]]
-            if len(identities) > 1:
-                own_degree = len(received)
-                degrees = dict.fromkeys(received, own_degree)
-            self.traffic.messages += len(received)
-            self.traffic.bytes_sent += len(received) * message_bytes
-            mixed[k] = self.learners[k].mixed(received, own_degree, degrees, round_index)
-        for k, params in mixed.items():
-            self.learners[k].model.load_vector(params)
-
-
-# the engine itself once sim/engine.py asks identities (Simulation._sent), else the copy above
-ENGINE = Simulation if hasattr(Simulation, "_sent") else IdentitySimulation
+# the reference engine (it asks a per-identity Sybil attack what each identity sends)
+ENGINE = Simulation
 
 
 def base_config(args) -> SimConfig:
