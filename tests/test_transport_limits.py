@@ -360,8 +360,9 @@ async def test_a_token_guarded_status_route_and_a_public_healthz():
 # -- TLS --------------------------------------------------------------------------------------
 
 def write_pki(directory: Path) -> dict[str, str]:
-    """A CA, a server certificate for 127.0.0.1 (IP subjectAltName) and a client certificate,
-    signed by the CA; and a second CA that signed nothing here. Paths by name."""
+    """A CA, a server certificate for 127.0.0.1 (IP subjectAltName), a client certificate and a
+    peer certificate (both uses), signed by the CA; and a second CA that signed nothing here.
+    Paths by name."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -401,12 +402,13 @@ def write_pki(directory: Path) -> dict[str, str]:
                             extensions=[ca_usage]), key)
         if ca_name == "ca":
             ca_key, ca_subject = key, name
-    for leaf, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH),
-                        ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
+    server, client = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
+    # "peer": one certificate a peer serves and connects with (mutual TLS between peers)
+    for leaf, usages in (("server", [server]), ("client", [client]), ("peer", [server, client])):
         key = ec.generate_private_key(ec.SECP256R1())
         san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
         save(leaf, build(leaf, key, ca_subject, ca_key, ca=False,
-                         extensions=[san, x509.ExtendedKeyUsage([usage])]), key)
+                         extensions=[san, x509.ExtendedKeyUsage(usages)]), key)
     return paths
 
 
@@ -626,7 +628,9 @@ def test_a_server_out_of_descriptors_degrades_and_recovers(tmp_path, many_fds, r
                 assert proc.poll() is None, "the server process died"
                 assert time.monotonic() < deadline, "accept never ran out of descriptors"
                 time.sleep(0.05)
-            time.sleep(1.5)  # a few retried accepts while still out of descriptors
+            # a few retried accepts (0.5 s apart) while still out of descriptors; a fixed wait,
+            # since the child cannot report anything while it has no descriptor to write with
+            time.sleep(1.5)
             assert proc.poll() is None
             # one warning, not one per retry (asyncio's own accept loop multiplies them)
             assert stderr_path.read_text().count("\n") == 1, stderr_path.read_text()[:500]

@@ -341,45 +341,11 @@ def test_trusted_helper_gives_every_peer_a_certificate(tmp_path):
 
 
 def write_peer_pki(folder: Path) -> dict[str, str]:
-    """A CA and one certificate for 127.0.0.1 that serves as a peer's server and client
-    certificate (both key usages), signed by the CA."""
-    import datetime
-    import ipaddress
+    """A CA and one certificate for 127.0.0.1 that a peer serves and connects with."""
+    from tests.test_transport_limits import write_pki
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def name(text):
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
-
-    def certificate(subject, key, issuer, issuer_key, ca, extensions=()):
-        builder = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(issuer)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        for extension in extensions:
-            builder = builder.add_extension(extension, critical=False)
-        return builder.sign(issuer_key, hashes.SHA256())
-
-    ca_key, peer_key = ec.generate_private_key(ec.SECP256R1()), \
-        ec.generate_private_key(ec.SECP256R1())
-    ca = certificate("test ca", ca_key, name("test ca"), ca_key, True)
-    peer = certificate("peer", peer_key, name("test ca"), ca_key, False, [
-        x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                               ExtendedKeyUsageOID.CLIENT_AUTH])])
-    paths = {"ca": folder / "ca.pem", "cert": folder / "peer.pem", "key": folder / "peer.key"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(peer.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(peer_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    return {k: str(v) for k, v in paths.items()}
+    paths = write_pki(folder)
+    return {"ca": paths["ca"], "cert": paths["peer"], "key": paths["peer_key"]}
 
 
 async def test_two_peers_train_and_merge_over_mutual_tls(tmp_path):

@@ -13,10 +13,10 @@ Every message arrives in a signed envelope (gossip.auth) and passes, in this ord
 anything proportional to it is allocated: the transport's size and connection limits, the
 claimed sender is a neighbour, its key (trust store or authority certificate) and signature, a
 per-neighbour rate limit, the schema parse with bounded containers, payload sender = signer,
-and the window: model messages for the current or the next round only, merge messages for the
-merge round and a few flood steps ahead, no (kind, round, step) twice from one sender (replays),
-at most ``inbox_per_sender`` buffered per neighbour. Stale ones are answered 409 and dropped.
-A neighbour that misses a deadline becomes *suspect* and is not waited for until it speaks
+and the window: model messages for the current or the next round only, history records of the
+last rounds, merge messages for the merge round, no (kind, round, step) twice from one sender
+(replays), at most ``inbox_per_sender`` buffered per neighbour. Stale ones are answered 409 and
+dropped. A neighbour that misses a deadline becomes *suspect* and is not waited for until it speaks
 again. Deadlines adapt (factor x smoothed time for all neighbours to arrive, within a floor and a
 ceiling), so no wait is unbounded. A peer that learns that most of its neighbourhood is rounds
 ahead (it was down) jumps to their round (``catch_up_target``: one neighbour's claim alone never
@@ -319,7 +319,6 @@ class Peer:
         self.deadline = AdaptiveDeadline(floor=g.deadline_floor_s, ceiling=g.deadline_ceiling_s,
                                          factor=g.deadline_factor)
         self.inbox: dict[tuple[str, int, int], dict[int, Message]] = defaultdict(dict)
-        self._buffered: dict[int, int] = defaultdict(int)  # messages in the inbox per sender
         self._last_heard: dict[int, float] = {}  # when each neighbour last sent anything valid
         self._seen: dict[int, set[tuple[str, int, int]]] = defaultdict(set)  # replay guard
         self._buckets = {j: TokenBucket(g.max_messages_per_s, 2 * g.max_messages_per_s)
@@ -472,14 +471,13 @@ class Peer:
             origin, vector = message.vectors[0]
             self.learner.accept_history(sender, origin, message.round, message.step, vector)
             return 200, "ok"
-        if self._buffered[sender] >= g.inbox_per_sender:
+        if sum(sender in got for got in self.inbox.values()) >= g.inbox_per_sender:
             self.rejected[429] += 1
             return 429, "inbox full for this sender"
         if sender in self.suspect:
             self.suspect.discard(sender)
             self.log.write("neighbour_back", neighbour=sender)
         self.inbox[key][sender] = message
-        self._buffered[sender] += 1
         self._arrived.set()
         return 200, "ok"
 
@@ -522,13 +520,6 @@ class Peer:
             self.trust.verify_origin(origin, message.round, encode(vector, "f32"), signature,
                                      credential)
 
-    def _take(self, key: tuple[str, int, int]) -> dict[int, Message]:
-        """Remove and return the inbox's messages for ``key``."""
-        got = self.inbox.pop(key, {})
-        for sender in got:
-            self._buffered[sender] -= 1
-        return got
-
     def _forget_before(self, round_index: int) -> None:
         """Drop the replay guard's and the inbox's entries of rounds before ``round_index``
         (they can never be collected), which keeps both bounded."""
@@ -536,7 +527,7 @@ class Peer:
             seen.difference_update([k for k in seen if k[0] != "merge" and k[1] < round_index
                                     - (HISTORY_ROUNDS if k[0] == "history" else 0)])
         for key in [k for k in self.inbox if k[0] != "merge" and k[1] < round_index]:
-            self._take(key)
+            del self.inbox[key]
 
     # -- sending and collecting --------------------------------------------------------------
 
@@ -650,7 +641,7 @@ class Peer:
         elif not waiting and expected - self.suspect:
             self.deadline.observe(elapsed)
             self._first_wait = False
-        return self._take(key)
+        return self.inbox.pop(key, {})
 
     async def gossip_step(self, round_index: int, step: int) -> int:
         """One exchange and one mixing; returns how many neighbours were heard."""
@@ -857,7 +848,7 @@ class Peer:
             # finalised without the neighbour whose message arrived a millisecond late)
             complete = live <= set(got)
             late = [k for k in self.inbox if k[0] == "merge" and k[2] < step]
-            messages = list(got.values()) + [m for k in late for m in self._take(k).values()]
+            messages = list(got.values()) + [m for k in late for m in self.inbox.pop(k).values()]
             new_last_step = False
             for message in sorted(messages, key=lambda m: m.sender):
                 if message.final:
