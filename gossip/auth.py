@@ -67,6 +67,7 @@ CERTIFICATE_SIZE = _CERT_BODY.size + SIGNATURE_SIZE
 _GOSSIP_DOMAIN = b"decent-gossip-v1"
 _MERGE_DOMAIN = b"decent-merge-v1"
 _CERT_DOMAIN = b"decent-cert-v1"
+_DESCRIPTOR_DOMAIN = b"decent-descriptor-v1"
 MAX_PINNED = 65536  # open mode: ids pinned to their first key, bounded
 # trust modes: "signed" (keys or an authority required), "open" (trust on first use),
 # "modelled" (the simulator's in-memory network vouches for senders; no keys)
@@ -219,6 +220,10 @@ def _merge_statement(origin: int, round_index: int, vector: bytes | memoryview) 
     return _MERGE_DOMAIN + struct.pack(">QQ", origin, round_index) + _digest(vector)
 
 
+def _descriptor_statement(peer: int, url: str, issued: int) -> bytes:
+    return _DESCRIPTOR_DOMAIN + struct.pack(">QQ", peer, issued) + _digest(url.encode())
+
+
 @dataclass
 class Identity:
     """What a peer signs with: its id, its key (None: modelled, no signatures) and the
@@ -261,6 +266,14 @@ class Identity:
         if self.key is None:
             return b"", b""
         return self.key.sign(_merge_statement(self.peer, round_index, vector)), self.credential
+
+    def sign_descriptor(self, url: str, issued: int) -> tuple[bytes, bytes]:
+        """(signature, credential) over this peer's membership descriptor: where it listens
+        and when it said so (gossip.membership), so that nobody else can invent or redirect a
+        view entry for it."""
+        if self.key is None:
+            return b"", b""
+        return self.key.sign(_descriptor_statement(self.peer, url, issued)), self.credential
 
 
 def envelope_sender(body: bytes | memoryview) -> int | None:
@@ -387,6 +400,21 @@ class TrustStore:
             key.verify(bytes(signature), _merge_statement(origin, round_index, vector))
         except InvalidSignature:
             raise AuthError(401, "bad origin signature on a merge model") from None
+
+
+    def verify_descriptor(self, peer: int, url: str, issued: int, signature: bytes,
+                          credential: bytes) -> None:
+        """AuthError unless ``signature`` is ``peer``'s own over (url, issued) and this store
+        accepts ``peer``'s credential (listed key, authority certificate, or open-mode pin)."""
+        if self.mode == "modelled":
+            return
+        if len(signature) != SIGNATURE_SIZE:
+            raise AuthError(401, "view entry without its peer's signature")
+        key = self.key_for(peer, credential)
+        try:
+            key.verify(bytes(signature), _descriptor_statement(peer, url, issued))
+        except InvalidSignature:
+            raise AuthError(401, "bad signature on a view entry") from None
 
 
 def _certified_key(raw: bytes) -> bytes | None:

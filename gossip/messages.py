@@ -3,9 +3,10 @@
 A message is a msgpack map with exactly these keys::
 
     v       int    schema version (1)
-    kind    str    "model" (a gossip step), "merge" (a flood step of the final global merge) or
+    kind    str    "model" (a gossip step), "merge" (a flood step of the final global merge),
                    "history" (SybilWall's gossip of one stored update history, docs/algorithms.md
-                   §4.5)
+                   §4.5) or "state" (a donor's model for a peer that joins, docs/algorithms.md
+                   §9.2)
     sender  int    the sender's peer id
     round   int    training round (merge messages carry the number of rounds)
     step    int    gossip step within the round, flood step of the merge, or for "history"
@@ -18,6 +19,10 @@ A message is a msgpack map with exactly these keys::
                    [origin id, bytes, signature, credential]: the origin's own signature over
                    its model (gossip.auth), forwarded unchanged by every relay
     final   bool   merge only: the sender has the whole component and sends nothing more
+    waiting list   merge only: ids whose model the sender still waits for (its own live
+                   neighbours not yet in the merge, and what its neighbours reported); at most
+                   MAX_IDS ints, else empty
+    gone    list   merge only: ids a neighbour of theirs found dead (so nobody waits for them)
 
 ``vectors`` is the last key of the map. The payload travels inside a signed envelope
 (gossip.auth), which is checked first. It is then read in place with every container accounted
@@ -46,9 +51,11 @@ import torch
 from gossip.codec import CODECS, CodecError, decode, encode
 
 VERSION = 1
-KINDS = ("model", "merge", "history")
+KINDS = ("model", "merge", "history", "state")
 _INT_KEYS = ("v", "sender", "round", "step", "degree", "length")
-_KEYS = frozenset(_INT_KEYS + ("kind", "codec", "vectors", "final"))
+_ID_LISTS = ("waiting", "gone")
+_KEYS = frozenset(_INT_KEYS + _ID_LISTS + ("kind", "codec", "vectors", "final"))
+MAX_IDS = 4096  # ids in a waiting or gone list (the largest component a merge agrees on)
 # integers stay well inside msgpack's uint64, so counters derived from them (a flood step + 1)
 # can always be sent back
 MAX_INT = 2**62
@@ -75,6 +82,9 @@ class Message:
     final: bool = False
     # merge only: origin -> (signature, credential) of that origin's model (gossip.auth)
     proofs: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    # merge only: whom the sender still waits for, and whom its side found dead
+    waiting: tuple[int, ...] = ()
+    gone: tuple[int, ...] = ()
 
     def vector(self) -> torch.Tensor:
         """The single model of a "model" message."""
@@ -93,9 +103,15 @@ def encode_parts(message: Message, length: int) -> list[bytes | memoryview]:
     head = {"v": VERSION, "kind": message.kind, "sender": message.sender,
             "round": message.round, "step": message.step, "degree": message.degree,
             "codec": message.codec, "length": length, "final": message.final}
-    parts: list[bytes | memoryview] = [packer.pack_map_header(len(head) + 1)]
+    if len(message.waiting) > MAX_IDS or len(message.gone) > MAX_IDS:
+        raise ValueError(f"at most {MAX_IDS} ids in waiting and in gone")
+    parts: list[bytes | memoryview] = [packer.pack_map_header(len(head) + 3)]
     for key, value in head.items():
         parts += [packer.pack(key), packer.pack(value)]
+    for key in _ID_LISTS:
+        ids = getattr(message, key)
+        parts += [packer.pack(key), packer.pack_array_header(len(ids))]
+        parts += [packer.pack(int(i)) for i in ids]
     parts += [packer.pack("vectors"), packer.pack_array_header(len(message.vectors))]
     for origin, vec in message.vectors:
         blobs = [encode(vec, message.codec)]
@@ -198,6 +214,11 @@ def _parse(payload: bytes | memoryview, max_vectors: int) -> dict:
     for index in range(size):
         key = reader.value()
         _require(isinstance(key, str) and key in _KEYS and key not in raw, expected)
+        if key in _ID_LISTS:
+            count = reader.array_header()
+            _require(count <= MAX_IDS, f"more than {MAX_IDS} ids in {key}")
+            raw[key] = [reader.value() for _ in range(count)]
+            continue
         if key != "vectors":
             raw[key] = reader.value()
             continue
@@ -249,8 +270,13 @@ def decode_message(body: bytes | memoryview, expected_length: int, max_bytes: in
         _require(len(vectors) == 1, f"a {raw['kind']} message carries exactly one vector")
     if raw["kind"] == "history":
         _require(raw["step"] >= 1, "a history message's step (hop distance) must be >= 1")
-    if raw["kind"] == "model":
-        _require(vectors[0][0] == raw["sender"], "a model message carries its sender's model")
+    if raw["kind"] in ("model", "state"):
+        _require(vectors[0][0] == raw["sender"], f"a {raw['kind']} message carries its "
+                 "sender's model")
+    for key in _ID_LISTS:
+        _require(all(type(i) is int and 0 <= i <= MAX_INT for i in raw[key]),
+                 f"{key} must list ints in [0, 2**62]")
+        _require(merge or not raw[key], f"only a merge message carries {key}")
     decoded, proofs, origins = [], {}, set()
     for entry in vectors:
         _require(len(entry) == (4 if merge else 2) and type(entry[0]) is int and entry[0] >= 0,
@@ -268,4 +294,4 @@ def decode_message(body: bytes | memoryview, expected_length: int, max_bytes: in
         if merge:
             proofs[entry[0]] = (entry[2], entry[3])
     return Message(raw["kind"], raw["sender"], raw["round"], raw["step"], raw["degree"], decoded,
-                   raw["codec"], raw["final"], proofs)
+                   raw["codec"], raw["final"], proofs, tuple(raw["waiting"]), tuple(raw["gone"]))

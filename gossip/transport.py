@@ -108,6 +108,25 @@ class Transport(ABC):
         """Where each neighbour listens (ignored by transports that do not need addresses)."""
         return None
 
+    def learn(self, peer: int, url: str) -> None:  # noqa: B027 - optional hook
+        """Where one more peer listens (open membership: from a verified descriptor)."""
+        return None
+
+    def forget(self, peer: int) -> None:  # noqa: B027 - optional hook
+        """Drop a peer's address (it left, or was forgotten from the view)."""
+        return None
+
+    @abstractmethod
+    async def send_url(self, url: str, body: bytes, timeout: float, retry: bool = True
+                       ) -> int | None:
+        """``send`` to an address rather than a peer id (a bootstrap peer whose id is not yet
+        known)."""
+
+    @property
+    def url(self) -> str:
+        """Where this transport is reached (what a descriptor announces)."""
+        raise NotImplementedError
+
 
 class InMemoryHub:
     """The 'network' of in-memory transports in one process: id -> handler. A simulator can
@@ -148,6 +167,18 @@ class InMemoryTransport(Transport):
         if status == 422 and self.hub.lengths.get(peer) is not None:
             self.peer_lengths[peer] = self.hub.lengths[peer]
         return status
+
+    @property
+    def url(self) -> str:
+        return f"mem://{self.node_id}"
+
+    async def send_url(self, url: str, body: bytes, timeout: float, retry: bool = True
+                       ) -> int | None:
+        """In-memory peers are addressed ``mem://ID``."""
+        target = url.removeprefix("mem://")
+        if not url.startswith("mem://") or not target.isdigit():
+            return None
+        return await self.send(int(target), body, timeout, retry)
 
     async def close(self) -> None:
         self.hub.handlers.pop(self.node_id, None)
@@ -653,14 +684,25 @@ class HttpTransport(Transport):
         """Where each neighbour listens. With ``ssl_client``, every URL must be https://;
         without, none may be (TLSConfigError: no plaintext fallback, no unverified TLS)."""
         for peer, url in sorted(peers.items()):
-            secure = url.lower().startswith("https://")
-            if secure and self.ssl_client is None:
-                raise TLSConfigError(f"neighbour {peer} is at an https:// URL but no ssl_client "
-                                     "context is configured to verify it")
-            if not secure and self.ssl_client is not None:
-                raise TLSConfigError(f"neighbour {peer} is at a plaintext URL while TLS is "
-                                     "configured: use https:// for every neighbour")
+            self._check_scheme(peer, url)
         self.peers = {k: v.rstrip("/") for k, v in peers.items()}
+
+    def learn(self, peer: int, url: str) -> None:
+        """Add one address; TLSConfigError when its scheme does not match the TLS setting."""
+        self._check_scheme(peer, url)
+        self.peers[peer] = url.rstrip("/")
+
+    def forget(self, peer: int) -> None:
+        self.peers.pop(peer, None)
+
+    def _check_scheme(self, peer: int | str, url: str) -> None:
+        secure = url.lower().startswith("https://")
+        if secure and self.ssl_client is None:
+            raise TLSConfigError(f"peer {peer} is at an https:// URL but no ssl_client "
+                                 "context is configured to verify it")
+        if not secure and self.ssl_client is not None:
+            raise TLSConfigError(f"peer {peer} is at a plaintext URL while TLS is "
+                                 "configured: use https:// for every neighbour")
 
     async def start(self, handler: Handler, routes: dict[str, GetRoute] | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -783,11 +825,23 @@ class HttpTransport(Transport):
 
     async def send(self, peer: int, body: bytes, timeout: float, retry: bool = True
                    ) -> int | None:
-        assert self._session is not None, "start() the transport before sending"
         url = self.peers.get(peer)
         if url is None:
             logger.debug("send to %s: no address known", peer)
             return None
+        return await self._post(url, body, timeout, retry, peer)
+
+    async def send_url(self, url: str, body: bytes, timeout: float, retry: bool = True
+                       ) -> int | None:
+        try:
+            self._check_scheme("at " + url[:60], url)
+        except TLSConfigError:
+            return None
+        return await self._post(url.rstrip("/"), body, timeout, retry, -1)
+
+    async def _post(self, url: str, body: bytes, timeout: float, retry: bool, peer: int
+                    ) -> int | None:
+        assert self._session is not None, "start() the transport before sending"
         deadline = time.monotonic() + timeout
         backoff, dropped = 0.02, 0
         while True:
@@ -800,7 +854,8 @@ class HttpTransport(Transport):
                         timeout=aiohttp.ClientTimeout(total=left)) as response:
                     await response.read()
                     announced = response.headers.get(LENGTH_HEADER, "")
-                    if response.status == 422 and announced.isdigit() and len(announced) <= 12:
+                    if response.status == 422 and announced.isdigit() and len(announced) <= 12 \
+                            and peer >= 0:
                         self.peer_lengths[peer] = int(announced)
                     return response.status
             except aiohttp.ClientSSLError as exc:

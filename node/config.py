@@ -476,6 +476,54 @@ class TlsSection(Section):
         return self.cert_file is not None or self.ca_file is not None
 
 
+class MembershipSection(Section):
+    """Open membership (docs/algorithms.md §9.2): peers join through bootstrap peers, keep a
+    Cyclon view, pick their neighbours from it, and leave and come back while the network runs.
+    Off by default: the neighbours are then the fixed [neighbours] table."""
+
+    dynamic: bool = setting(False, "open membership: accept joiners, keep a view, replace "
+                            "neighbours that leave (on when bootstrap is set)",
+                            flag="--dynamic-membership")
+    bootstrap: list[str] = setting([], "URLs of peers to join through (python -m node --join "
+                                   "URL,URL)", tools=("peer",))
+    advertise_url: str | None = setting(None, "the URL other peers reach this one at "
+                                        "(default: http(s)://[peer] listen)", metavar="URL",
+                                        tools=("peer",))
+    links: int = setting(4, "neighbours a peer links to from its view (it accepts up to "
+                         "max_links)", ge=1)
+    max_links: int = setting(8, "most neighbours a peer accepts; more link requests are "
+                              "refused (the asker picks another)", ge=1)
+    view_size: int = setting(16, "entries of the partial view (Cyclon's c)", ge=2, le=64)
+    shuffle_length: int = setting(6, "entries exchanged per shuffle (Cyclon's l)", ge=1, le=64)
+    shuffle_every_s: float = setting(1.0, "seconds between shuffles (and between attempts to "
+                                     "link up to degree)", gt=0)
+    forget_after_s: float = setting(30.0, "a view entry its peer has not re-signed for this "
+                                    "long is forgotten (a crashed peer leaves the views)", gt=0)
+    drop_suspect_rounds: int = setting(3, "a neighbour suspect for this many rounds is "
+                                       "dropped and replaced from the view", ge=1)
+    max_joiners: int = setting(2, "joiners this peer sends its model to at once; more are "
+                               "answered 429 and ask another neighbour", ge=1)
+    join_timeout_s: float = setting(30.0, "how long a joiner retries its bootstrap peers "
+                                    "(with backoff) before it gives up with an error", gt=0)
+
+    @model_validator(mode="after")
+    def _degrees(self) -> MembershipSection:
+        if self.links > self.max_links:
+            raise ValueError(f"links ({self.links}) must be <= max_links "
+                             f"({self.max_links})")
+        if self.shuffle_length > self.view_size:
+            raise ValueError(f"shuffle_length ({self.shuffle_length}) must be <= view_size "
+                             f"({self.view_size})")
+        for url in self.bootstrap:  # mem://ID: a peer of the simulator's in-memory network
+            if not isinstance(url, str) or not url.startswith(("http://", "https://", "mem://")):
+                raise ValueError("bootstrap: each entry must be an http:// or https:// URL")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.dynamic or bool(self.bootstrap)
+
+
 class GraphSection(Section):
     """Who talks to whom in an experiment (the topology package)."""
 
@@ -563,6 +611,7 @@ class _Shared(Config):
     gossip: GossipSection = _section(GossipSection)
     mixing: MixingSection = _section(MixingSection)
     attack: AttackSection = _section(AttackSection)
+    membership: MembershipSection = _section(MembershipSection)
 
 
 class PeerConfig(_Shared):
@@ -649,7 +698,7 @@ class _Experiment(_Shared):
         graph = topology.graph_at(0)
         adversaries = self.adversaries()
         shared = {name: getattr(self, name).model_dump()
-                  for name in ("model", "algorithm", "gossip", "mixing")}
+                  for name in ("model", "algorithm", "gossip", "mixing", "membership")}
         data = self.data.model_dump(exclude={"shard", "num_shards"})
         run = self.run.model_dump(include={"seed", "rounds", "eval_every", "threads",
                                            "import_path"})
@@ -699,7 +748,8 @@ for _cls in (PeerConfig, SimConfig, LaunchConfig):
 
 __all__ = [
     "AlgorithmSection", "AttackSection", "Config", "ConfigError", "DataSection", "ENGINES",
-    "GossipSection", "GraphSection", "LaunchConfig", "LaunchSection", "MixingSection",
+    "GossipSection", "GraphSection", "LaunchConfig", "LaunchSection", "MembershipSection",
+    "MixingSection",
     "ModelSection", "PeerConfig", "PeerSection", "RunSection", "SimConfig", "SimSection",
     "TlsSection", "TrustSection", "learner_for",
 ]

@@ -23,7 +23,8 @@ from node.schema import (
 
 # Flags that are not settings, and the settings they fill in (a test walks these).
 NON_SETTINGS = ("--config",)
-ALIASES = {"--peers": ("neighbours",), "--data-shard": ("data.shard", "data.num_shards")}
+ALIASES = {"--peers": ("neighbours",), "--data-shard": ("data.shard", "data.num_shards"),
+           "--join": ("membership.bootstrap",)}
 
 
 def _peers(text: str) -> dict[str, str]:
@@ -34,6 +35,17 @@ def _peers(text: str) -> dict[str, str]:
             raise argparse.ArgumentTypeError(f"expected ID=URL, got {item[:40]!r}")
         out[key.strip()] = url.strip()
     return out
+
+
+def _urls(text: str) -> list[str]:
+    urls = [u.strip() for u in text.split(",") if u.strip()]
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise argparse.ArgumentTypeError(f"expected http:// or https:// URLs, got "
+                                             f"{url[:40]!r}")
+    if not urls:
+        raise argparse.ArgumentTypeError("expected at least one URL")
+    return urls
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -58,6 +70,10 @@ def build_parser() -> tuple[SettingsParser, dict[str, tuple[str, str]]]:
                    help="[neighbours], e.g. 1=http://127.0.0.1:8001,2=http://127.0.0.1:8002")
     p.add_argument("--data-shard", type=_shard, metavar="I/N",
                    help="[data] shard I of num_shards N, e.g. 3/8")
+    p.add_argument("--join", type=_urls, metavar="URL,...",
+                   help="[membership] bootstrap: join a running network through these peers "
+                   "(open membership; e.g. http://127.0.0.1:8000): the peer is admitted, picks "
+                   "its neighbours from their view and starts from a neighbour's model")
     return p, add_settings(p, PeerConfig)
 
 
@@ -67,9 +83,12 @@ def resolve(argv: Sequence[str] | None) -> PeerConfig:
     args = vars(parser.parse_args(argv))
     path, peers, shard = args.pop("config", None), args.pop("peers", None), \
         args.pop("data_shard", None)
+    join = args.pop("join", None)
     extra: dict = {}
     if peers is not None:
         extra["neighbours"] = peers
+    if join is not None:
+        extra["membership"] = {"bootstrap": join}
     if shard is not None:
         extra["data"] = {"shard": shard[0], "num_shards": shard[1]}
     try:
@@ -95,7 +114,13 @@ async def serve(config) -> int:
     except BaseException:  # e.g. the port is taken: release what the peer holds
         await peer.close()
         raise
-    summary = await peer.run()
+    from node.peer.membership import JoinError
+
+    try:
+        summary = await peer.run()
+    except JoinError as exc:
+        print(f"python -m node: error: peer {config.peer.id}: {exc}", file=sys.stderr)
+        return exc.code
     if peer.already_finished:
         print(f"python -m node: {peer.already_finished_note()}", file=sys.stderr)
     else:

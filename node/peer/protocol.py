@@ -65,7 +65,8 @@ from gossip import (
     server_ssl_context,
 )
 from gossip.auth import AuthError, Identity, TrustStore, envelope_sender
-from gossip.messages import encode_parts, within
+from gossip.membership import decode_control, is_control
+from gossip.messages import MAX_IDS, encode_parts, within
 from mixing import component_average
 from node.config import PeerConfig, learner_for
 from node.learning import Dataset, derive_seed, partition
@@ -79,6 +80,7 @@ from node.peer.checkpoint import (
     write_private,
 )
 from node.peer.keys import identity_for, trust_store_for
+from node.peer.membership import Membership
 
 FINAL_SUMMARY = "final.json"
 # states in which a round is in progress (status: current_round == rounds_completed)
@@ -91,6 +93,9 @@ COMMON_REJECTIONS = (400, 401, 403, 409, 413, 422, 429)
 # history records (SybilWall's gossip) of up to this many rounds back are accepted: the rule
 # compares models of the same round over a window of 8 rounds (mixing.SybilWall, window)
 HISTORY_ROUNDS = 8
+# envelopes per second from senders that are not neighbours, checked before their signature
+# (open membership: joiners, shuffles); each such sender is limited further after it
+STRANGER_RATE = 200.0
 
 logger = logging.getLogger(__name__)
 
@@ -314,7 +319,7 @@ class Peer:
         self.transport = transport or http_transport(cfg)
         self.transport.set_peers(cfg.neighbours)
         self.transport.model_length = self.learner.vector_size
-        self.neighbours = set(cfg.neighbours)
+        self.neighbours = set(cfg.neighbours)  # open membership adds and drops (membership.py)
         g = cfg.gossip
         self.deadline = AdaptiveDeadline(floor=g.deadline_floor_s, ceiling=g.deadline_ceiling_s,
                                          factor=g.deadline_factor)
@@ -323,6 +328,7 @@ class Peer:
         self._seen: dict[int, set[tuple[str, int, int]]] = defaultdict(set)  # replay guard
         self._buckets = {j: TokenBucket(g.max_messages_per_s, 2 * g.max_messages_per_s)
                          for j in self.neighbours}
+        self._strangers = TokenBucket(STRANGER_RATE, 2 * STRANGER_RATE)
         self.position = (0, 0)  # the (round, step) being collected; earlier messages are stale
         self.suspect: set[int] = set()
         self.neighbour_round: dict[int, int] = {}
@@ -350,7 +356,13 @@ class Peer:
         # time at all. A real peer trains in a worker thread.
         self.inline, self.work_s = inline, work_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"peer{cfg.peer.id}")
+        self.membership = Membership(self, cfg.membership, seed=cfg.run.seed)
+        self._maintenance: asyncio.Task | None = None
+        self._started: float | None = None
+        self.first_mix_s: float | None = None  # start -> first model mixed with a neighbour's
         self._resume()
+        if cfg.membership.enabled and not cfg.neighbours:
+            self._first_wait = False  # nobody is starting with this peer: no start-up waits
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -363,7 +375,8 @@ class Peer:
         private_folder(Path(cfg.peer.state_dir))
         identity, created = identity_for(cfg)
         store = trust_store_for(cfg)
-        if cfg.neighbours and store.empty and cfg.trust.mode != "open":
+        if (cfg.neighbours or cfg.membership.enabled) and store.empty and \
+                cfg.trust.mode != "open":
             raise ValueError(
                 "[trust] store is not set: a peer with neighbours accepts only senders whose "
                 "key or authority certificate its trust store holds (python -m node keys "
@@ -391,6 +404,7 @@ class Peer:
         self.completed_rounds = int(state["round"])
         self.position = (self.completed_rounds, 0)
         self.traffic.update(state.get("traffic", {}))
+        self.membership.known_urls = list(state.get("known", []))
         # A resumed peer rejoins a running network: its neighbours are up or down, not starting,
         # so its first waits are bounded by the deadline ceiling, not the startup timeout (a
         # peer returning among dead neighbours would otherwise stall startup_timeout_s).
@@ -400,7 +414,8 @@ class Peer:
     def _checkpoint(self) -> None:
         save_checkpoint(self.config.peer.state_dir, {
             "round": self.completed_rounds, "learner": self.learner.state_dict(),
-            "traffic": dict(self.traffic)})
+            "traffic": dict(self.traffic),
+            **({"known": self.membership.known()} if self.membership.cfg.enabled else {})})
 
     def request_stop(self) -> None:
         """Stop after the current step (SIGINT/SIGTERM)."""
@@ -423,16 +438,27 @@ class Peer:
         claimed = envelope_sender(body)
         if claimed is None:
             return self._reject(400, "not a signed envelope of this protocol")
-        if claimed not in self.neighbours:
-            return self._reject(403, f"the claimed sender is not a neighbour of {self.id}")
+        known = claimed in self.neighbours or claimed in self.membership.pending
+        if not known:
+            if not self.membership.cfg.enabled:
+                return self._reject(403, f"the claimed sender is not a neighbour of {self.id}")
+            if not self._strangers.take(self._now()):  # before the signature costs anything
+                self.rejected[429] += 1
+                return 429, "rate limit"
         try:
             opened = self.trust.open(body)
         except AuthError as exc:
             return self._reject(exc.status, exc.reason)
         sender = opened.sender
-        if not self._buckets[sender].take(self._now()):
+        bucket = self._buckets.get(sender) or self.membership.bucket_for(sender)
+        if not bucket.take(self._now()):
             self.rejected[429] += 1  # counted, not logged: a flood would flood the log
             return 429, "rate limit"
+        if is_control(opened.payload):
+            return self._handle_control(sender, opened.payload, len(body))
+        if not known:
+            return self._reject(403, f"data messages are accepted from neighbours of {self.id} "
+                                "only")
         try:
             message = decode_message(opened.payload, self.learner.vector_size,
                                      g.max_message_bytes, max_abs=g.max_abs_value)
@@ -440,6 +466,10 @@ class Peer:
             return self._reject(exc.status, exc.reason)
         if message.sender != sender:
             return self._reject(403, "the payload names another sender than its signer")
+        if message.kind == "state":
+            return self.membership.accept_state(sender, message)
+        if sender not in self.neighbours and not self.membership.confirm(sender):
+            return self._reject(403, "not a neighbour any more")
         if message.kind == "merge":
             try:
                 self._verify_origins(message)
@@ -480,6 +510,60 @@ class Peer:
         self.inbox[key][sender] = message
         self._arrived.set()
         return 200, "ok"
+
+    def _handle_control(self, sender: int, payload: memoryview, size: int) -> tuple[int, str]:
+        """A membership message (node/peer/membership.py), already verified and rate-limited."""
+        try:
+            control = decode_control(payload)
+        except MessageError as exc:
+            return self._reject(exc.status, exc.reason)
+        if control.sender != sender:
+            return self._reject(403, "the payload names another sender than its signer")
+        self.membership.traffic["bytes_in"] += size
+        status, reason = self.membership.handle(sender, control)
+        if status == 429 or status == 409:
+            self.rejected[status] += 1  # counted, not logged: a busy donor answers many
+        elif status >= 400:
+            self._reject(status, reason)
+        return status, reason
+
+    # -- neighbours (open membership changes them; node/peer/membership.py) -------------------
+
+    def add_neighbour(self, j: int) -> None:
+        """Count ``j`` as a neighbour from now on; it is not waited for until it first speaks
+        (it may be a round away), so a new edge never costs a deadline."""
+        g = self.config.gossip
+        self.neighbours.add(j)
+        self.suspect.add(j)
+        self._buckets[j] = TokenBucket(g.max_messages_per_s, 2 * g.max_messages_per_s)
+        self._arrived.set()
+
+    def drop_neighbour(self, j: int, *, reason: str) -> None:
+        """Stop counting ``j`` (it left, unlinked, or stayed suspect): not waited for, not in the
+        weights, its buffered messages dropped."""
+        if j not in self.neighbours:
+            return
+        self.neighbours.discard(j)
+        self.suspect.discard(j)
+        self._buckets.pop(j, None)
+        self.neighbour_round.pop(j, None)
+        self._last_heard.pop(j, None)
+        for got in self.inbox.values():
+            got.pop(j, None)
+        if j not in self.membership.view:
+            self.transport.forget(j)
+        self.log.write("neighbour_dropped", neighbour=j, reason=reason,
+                       degree=len(self.neighbours))
+        self._arrived.set()
+
+    def adopt_state(self, message: Message) -> None:
+        """A joiner takes its donor's model and round (state transfer): it starts where the
+        network is instead of from scratch."""
+        self.learner.model.load_vector(message.vector().to(self.learner.params.device))
+        self.completed_rounds = min(message.round, self.config.run.rounds)
+        self.position = (self.completed_rounds, 0)
+        self._first_wait = False
+        self.log.write("state_received", donor=message.sender, round=self.completed_rounds)
 
     def _previous_step(self) -> tuple[int, int]:
         """The (round, step) collected just before the current one."""
@@ -650,6 +734,10 @@ class Peer:
                                [(self.id, self.learner.outgoing())], self.config.gossip.codec),
                        self.neighbours)
         got = await self._collect(("model", round_index, step), self.neighbours)
+        got = {j: m for j, m in got.items() if j in self.neighbours}
+        if got and self.first_mix_s is None and self._started is not None:
+            self.first_mix_s = round(self._now() - self._started, 3)
+            self.log.write("first_mix", after_s=self.first_mix_s, round=round_index)
         # in sender order, whatever the arrival order: the same seed gives the same sums
         received = {j: got[j].vector() for j in sorted(got)}
         mixed = self.learner.mixed(received, len(self.neighbours),
@@ -679,6 +767,7 @@ class Peer:
         await self.transport.start(self.handle, {
             "/status": self._status_route, "/metrics": self._metrics_route,
             "/healthz": self._health_route})
+        self._started = self._now()
         if isinstance(self.transport, HttpTransport):
             self.log.write("listening", url=self.transport.url)
         self.log.write("data", samples=self.learner.num_samples, **self.scored_on)
@@ -702,8 +791,11 @@ class Peer:
             previous = self._previous_summary()
             if previous is not None:
                 return self._already_done(previous)
+            if cfg.membership.enabled:
+                await self._join_network()
             t = self.completed_rounds
             while t < cfg.run.rounds and not self._stop:
+                self.membership.on_round(t)
                 if self._lagging(t):
                     ahead = self._catch_up_to(t)
                     self.log.write("catch_up", from_round=t, to_round=min(ahead, cfg.run.rounds))
@@ -717,9 +809,20 @@ class Peer:
             merged = None
             if not self._stop and cfg.algorithm.final_merge:
                 merged = await self.final_merge()
+            if self._stop:
+                await self.membership.leave()
             return self._write_summary(merged)
         finally:
             await self.close()
+
+    async def _join_network(self) -> None:
+        """Open membership: start the view's upkeep, and join through the bootstrap peers (and,
+        after a restart, through the peers this one knew). JoinError when nobody admits it."""
+        self._maintenance = asyncio.create_task(self.membership.maintain())
+        urls = list(dict.fromkeys(self.config.membership.bootstrap +
+                                  self.membership.known_urls))
+        if urls:
+            await self.membership.join(urls)
 
     def _previous_summary(self) -> dict[str, Any] | None:
         """The final summary of an earlier run that finished every configured round and its
@@ -812,6 +915,16 @@ class Peer:
         ``final`` message and stops. A step with a timeout proves nothing, so flooding goes on;
         merge messages that arrive late are still used. Merge steps wait up to the deadline
         ceiling, since peers reach the merge at different times.
+
+        Agreement among peers that reach the merge at different times (docs/algorithms.md
+        §5.4): "nothing new" only proves completeness once every member of the component is
+        flooding. So each merge message also carries ``waiting`` -- the ids whose model its
+        sender still waits for: its own live neighbours not yet heard in the merge (still
+        training their last rounds) plus what its neighbours reported -- and ``gone``, the
+        neighbours some peer found dead (not heard within the ceiling; a neighbour that left is
+        dropped before the merge and never waited for). A peer finalises only when, besides the
+        rule above, nobody it knows of is waited for. ``gone`` only grows, so a dead peer's
+        ``waiting`` entries cannot circulate for ever.
         """
         self.state = "merging"
         merge_round, ceiling = self.config.run.rounds, self.config.gossip.deadline_ceiling_s
@@ -826,18 +939,29 @@ class Peer:
         holds: dict[int, set[int]] = {j: {j} for j in self.neighbours}  # what j is known to have
         new_last_step, complete = True, False
         finished: set[int] = set()
+        gone: set[int] = set()
+        reported: dict[int, set[int]] = {}  # each neighbour's latest waiting list
+
+        def waiting() -> set[int]:
+            live = self.neighbours - self.suspect - finished
+            return ({j for j in live if j not in known}
+                    | set().union(*reported.values())) - set(known) - gone
         # a neighbour that reached the merge first has flooded for a while: start at its step,
         # so that this peer's messages are the ones it waits for (earlier ones count as late)
         step = max((k[2] for k in self.inbox if k[0] == "merge"), default=0)
         while not self._stop:
             self.position = (merge_round, step)
-            final = step > 0 and not new_last_step and complete
+            waits = waiting()
+            final = step > 0 and not new_last_step and complete and not waits
             for j in sorted(self.neighbours - finished):  # suspects too: they may be back
-                origins = sorted(set(known) - holds[j])
+                held = holds.setdefault(j, {j})
+                origins = sorted(set(known) - held)
                 message = Message("merge", self.id, merge_round, step, len(self.neighbours),
                                   [(o, known[o]) for o in origins], "f32", final,
-                                  {o: proofs[o] for o in origins})
-                self._send_tracked(j, message, holds[j], origins)
+                                  {o: proofs[o] for o in origins},
+                                  waiting=tuple(sorted(waits)[:MAX_IDS]),
+                                  gone=tuple(sorted(gone)[:MAX_IDS]))
+                self._send_tracked(j, message, held, origins)
             if final:
                 break
             live = self.neighbours - self.suspect - finished
@@ -850,11 +974,19 @@ class Peer:
             late = [k for k in self.inbox if k[0] == "merge" and k[2] < step]
             messages = list(got.values()) + [m for k in late for m in self.inbox.pop(k).values()]
             new_last_step = False
-            for message in sorted(messages, key=lambda m: m.sender):
+            dead = (live - set(got)) & self.suspect  # timed out, and not heard within the wait
+            if not dead <= gone:
+                gone |= dead
+                new_last_step = True
+            for message in sorted(messages, key=lambda m: (m.sender, m.step)):
                 if message.final:
                     finished.add(message.sender)
+                reported[message.sender] = set(message.waiting)
+                if not set(message.gone) <= gone:
+                    gone |= set(message.gone) - set(known)
+                    new_last_step = True
                 for origin, vector in message.vectors:
-                    holds[message.sender].add(origin)
+                    holds.setdefault(message.sender, {message.sender}).add(origin)
                     if origin not in known:
                         known[origin] = vector
                         proofs[origin] = message.proofs[origin]
@@ -894,6 +1026,9 @@ class Peer:
         return summary
 
     async def close(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
         for task in list(self._sends):
             task.cancel()
         for result in await asyncio.gather(*self._sends, return_exceptions=True):
@@ -932,7 +1067,9 @@ class Peer:
             "last_loss": self.last_loss, **self.traffic,
             "rejected": {str(k): v for k, v in self.rejected.items()},
             "refused_by": dict(self.refused_by),
-            "deadline_s": self.deadline.current(),
+            "deadline_s": self.deadline.current(), "neighbours": sorted(self.neighbours),
+            "first_mix_s": self.first_mix_s,
+            **({"membership": self.membership.status()} if self.membership.cfg.enabled else {}),
         }
 
     async def _status_route(self) -> tuple[str, str]:
