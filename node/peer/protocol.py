@@ -1019,6 +1019,8 @@ class Peer:
             "rejected": {str(k): v for k, v in self.rejected.items()},
             "refused_by": dict(self.refused_by),
             **self.traffic, "rss_mb": round(rss_megabytes(), 1), "state": self.state,
+            "first_mix_s": self.first_mix_s, "neighbours": sorted(self.neighbours),
+            **({"membership": self.membership.status()} if self.membership.cfg.enabled else {}),
         }
         folder = private_folder(self.config.peer.state_dir)
         write_private(folder / FINAL_SUMMARY, json.dumps(summary, indent=1).encode())
