@@ -276,6 +276,13 @@ class PeerMetrics(Collector):
                     s["rounds_completed"])
         yield gauge("decent_live_neighbours", "Neighbours not suspected of being down",
                     len(s["live_neighbours"]))
+        yield gauge("decent_neighbours", "Neighbours counted in the mixing weights (open "
+                    "membership changes them)", len(s["neighbours"]))
+        if "membership" in s:
+            yield gauge("decent_view_size", "Entries of the open-membership view",
+                        len(s["membership"]["view"]))
+            yield gauge("decent_joiners_served_now", "Joiners being sent this peer's model",
+                        s["membership"]["serving"])
         yield gauge("decent_last_accuracy", "Test accuracy at the last evaluation (NaN before)",
                     float("nan") if s["last_accuracy"] is None else s["last_accuracy"])
         yield counter("decent_bytes_in_total", "Bytes of accepted gossip messages received",
