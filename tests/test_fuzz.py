@@ -91,7 +91,11 @@ CERT_DOMAIN = b"decent-cert-v1"
 HEAD = struct.Struct(">4sBQH")  # magic, version, sender, credential length
 CERT_BODY = struct.Struct(">4sBQ32sq8s")
 CERT_SIZE = CERT_BODY.size + 64
-FIELDS = ("v", "kind", "sender", "round", "step", "degree", "codec", "length", "final", "vectors")
+FIELDS = ("v", "kind", "sender", "round", "step", "degree", "codec", "length", "final", "waiting",
+          "gone", "vectors")
+ID_FIELDS = ("waiting", "gone")  # merge agreement lists: ints, at most MAX_IDS, merge only
+MAX_IDS = 4096
+MAX_CONTROL = 64 * 1024  # control messages (msgpack arrays) of open membership
 INT_FIELDS = ("v", "sender", "round", "step", "degree", "length")
 KINDS = ("model", "merge", "history")
 WIDTH = {"f32": 4, "f16": 2, "bf16": 2, "q8": 1}
@@ -247,7 +251,10 @@ def bounded(values: np.ndarray) -> bool:
 
 # what each verdict of the oracle allows as an answer
 ALLOWED = {"malformed": {400, 422}, "other sender": {403}, "bad origin": {401, 403},
-           "outside window": {409}, "valid": {200}}
+           "outside window": {409}, "valid": {200},
+           # a msgpack array is a membership control message; this peer's graph is static, so
+           # a well-formed one is refused (403), except a neighbour's leave (200)
+           "control": {400, 403}, "control leave": {200, 400, 403}, "control too large": {413}}
 
 
 def judge(payload: bytes, w: World) -> tuple[str, tuple | None]:
@@ -256,7 +263,14 @@ def judge(payload: bytes, w: World) -> tuple[str, tuple | None]:
         top = msgpack.unpackb(payload, raw=False, strict_map_key=False, object_pairs_hook=Pairs,
                               ext_hook=lambda code, data: EXT)
     except Exception:
+        if payload[:1] and (0x90 <= payload[0] <= 0x9F or payload[0] in (0xDC, 0xDD)):
+            return ("control too large" if len(payload) > MAX_CONTROL else "control"), None
         return "malformed", None
+    if isinstance(top, list) and not isinstance(top, Pairs):  # an array, not a map
+        if len(payload) > MAX_CONTROL:
+            return "control too large", None
+        leave = len(top) == 5 and top[1] == "leave"
+        return ("control leave" if leave else "control"), None
     if not isinstance(top, Pairs) or len(top) != len(FIELDS):
         return "malformed", None
     keys = [k for k, _ in top]
@@ -272,6 +286,11 @@ def judge(payload: bytes, w: World) -> tuple[str, tuple | None]:
     if type(m["codec"]) is not str or m["codec"] not in WIDTH or type(m["final"]) is not bool:
         return "malformed", None
     kind, vectors, merge = m["kind"], m["vectors"], m["kind"] == "merge"
+    for key in ID_FIELDS:
+        ids = m[key]
+        if type(ids) is not list or len(ids) > MAX_IDS or \
+                any(type(i) is not int or not 0 <= i <= 2**62 for i in ids) or (ids and not merge):
+            return "malformed", None
     if m["length"] != w.length or type(vectors) is not list or len(vectors) > w.max_vectors:
         return "malformed", None
     if (not merge and len(vectors) != 1) or (kind == "history" and m["step"] < 1):
@@ -395,7 +414,11 @@ def well_formed(draw, w: World, rng: random.Random) -> tuple[list, str]:
         entries = [[1 if kind == "model" else draw(st.sampled_from([1, 0, 7])), data]]
     pairs = [("v", 1), ("kind", kind), ("sender", 1), ("round", round_index), ("step", step),
              ("degree", draw(st.sampled_from([1, 1, 0, 2**64 - 1]))), ("codec", codec),
-             ("length", w.length), ("final", draw(st.booleans())), ("vectors", entries)]
+             ("length", w.length), ("final", draw(st.booleans())),
+             ("waiting", draw(st.sampled_from([[], [], [], [0], [2, 3], [-1], [2**63], ["x"],
+                                               None, list(range(MAX_IDS + 1))]))),
+             ("gone", draw(st.sampled_from([[], [], [], [7], [1.5], {}]))),
+             ("vectors", entries)]
     if draw(st.booleans()):
         rng.shuffle(pairs)
     return pairs, f"{kind} r={round_index} s={step} {codec} {vdesc}"
@@ -678,14 +701,16 @@ def w_valid_model(w: World, round_index: int, value: float = 0.0) -> bytes:
     vec = np.full(w.length, value, np.float32).tobytes()
     return pack_map([("v", 1), ("kind", "model"), ("sender", 1), ("round", round_index),
                      ("step", 0), ("degree", 1), ("codec", "f32"), ("length", w.length),
-                     ("final", False), ("vectors", [[1, vec]])])
+                     ("final", False), ("waiting", []), ("gone", []),
+                     ("vectors", [[1, vec]])])
 
 
 def w_valid_history(w: World, step: int, round_index: int = 0) -> bytes:
     vec = np.full(w.length, 0.25, np.float32).tobytes()
     return pack_map([("v", 1), ("kind", "history"), ("sender", 1), ("round", round_index),
                      ("step", step), ("degree", 1), ("codec", "f32"), ("length", w.length),
-                     ("final", False), ("vectors", [[7, vec]])])
+                     ("final", False), ("waiting", []), ("gone", []),
+                     ("vectors", [[7, vec]])])
 
 
 @st.composite
@@ -870,7 +895,8 @@ def test_fuzzed_gossip_is_refused_and_the_peer_still_finishes_with_its_neighbour
             # the model's length, as the peer announces it on a 422
             probe = pack_map([("v", 1), ("kind", "model"), ("sender", 1), ("round", 0),
                               ("step", 0), ("degree", 1), ("codec", "f32"), ("length", 1),
-                              ("final", False), ("vectors", [[1, bytes(4)]])])
+                              ("final", False), ("waiting", []), ("gone", []),
+                              ("vectors", [[1, bytes(4)]])])
             status, _, headers = client.request("POST", "/gossip",
                                                 Identity(1, key1, cert1).seal(probe))
             assert status == 422 and headers.get("X-Model-Length", "").isdigit()
@@ -964,7 +990,8 @@ def test_the_default_rate_limit_answers_429(tmp_path):
     size = peer.learner.vector_size
     far = pack_map([("v", 1), ("kind", "model"), ("sender", 1), ("round", 7), ("step", 0),
                     ("degree", 1), ("codec", "f32"), ("length", size),
-                    ("final", False), ("vectors", [[1, bytes(4 * size)]])])
+                    ("final", False), ("waiting", []), ("gone", []),
+                    ("vectors", [[1, bytes(4 * size)]])])
     body = neighbour.seal(far)
 
     async def flood() -> tuple[list[int], float]:
