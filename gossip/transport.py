@@ -684,24 +684,24 @@ class HttpTransport(Transport):
         """Where each neighbour listens. With ``ssl_client``, every URL must be https://;
         without, none may be (TLSConfigError: no plaintext fallback, no unverified TLS)."""
         for peer, url in sorted(peers.items()):
-            self._check_scheme(peer, url)
+            self._check_scheme(f"neighbour {peer}", url)
         self.peers = {k: v.rstrip("/") for k, v in peers.items()}
 
     def learn(self, peer: int, url: str) -> None:
         """Add one address; TLSConfigError when its scheme does not match the TLS setting."""
-        self._check_scheme(peer, url)
+        self._check_scheme(f"peer {peer}", url)
         self.peers[peer] = url.rstrip("/")
 
     def forget(self, peer: int) -> None:
         self.peers.pop(peer, None)
 
-    def _check_scheme(self, peer: int | str, url: str) -> None:
+    def _check_scheme(self, who: str, url: str) -> None:
         secure = url.lower().startswith("https://")
         if secure and self.ssl_client is None:
-            raise TLSConfigError(f"peer {peer} is at an https:// URL but no ssl_client "
+            raise TLSConfigError(f"{who} is at an https:// URL but no ssl_client "
                                  "context is configured to verify it")
         if not secure and self.ssl_client is not None:
-            raise TLSConfigError(f"peer {peer} is at a plaintext URL while TLS is "
+            raise TLSConfigError(f"{who} is at a plaintext URL while TLS is "
                                  "configured: use https:// for every neighbour")
 
     async def start(self, handler: Handler, routes: dict[str, GetRoute] | None = None) -> None:
@@ -834,7 +834,7 @@ class HttpTransport(Transport):
     async def send_url(self, url: str, body: bytes, timeout: float, retry: bool = True
                        ) -> int | None:
         try:
-            self._check_scheme("at " + url[:60], url)
+            self._check_scheme("the address", url)
         except TLSConfigError:
             return None
         return await self._post(url.rstrip("/"), body, timeout, retry, -1)
