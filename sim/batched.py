@@ -49,6 +49,8 @@ def batched_refusal(config: SimConfig) -> str | None:
 class BatchedSimulation(Simulation):
     """Build with :meth:`from_config`; ``run()`` and every metric are the reference engine's."""
 
+    engine_name = "batched"
+
     @classmethod
     def from_config(cls, config: SimConfig, observers: Iterable[Observer] = (),
                     events: Sequence[Event] = (), **sources) -> BatchedSimulation:

@@ -36,7 +36,7 @@ from node.learning import (
     derive_seed,
     partition,
 )
-from sim.scenario import EVENT_KINDS, Event, Timeline
+from sim.scenario import EVENT_KINDS, Event, Timeline, refuse_events
 from topology import (
     Topology,
     alive_components,
@@ -88,6 +88,7 @@ def place_attack(config: SimConfig, topology: Topology) -> tuple[Topology, dict[
 class Simulation:
     """Build with :meth:`from_config`, then :meth:`run`."""
 
+    engine_name = "reference"  # what --engine calls it (events some engines refuse name it)
     config: SimConfig
     topology: Topology
     learners: list[Learner]
@@ -110,6 +111,7 @@ class Simulation:
                     model_factory: Callable[..., Any] | None = None) -> Simulation:
         """The engine for ``config``; ``data`` and ``model_factory`` (Python objects) replace
         what [data] and [model] name, for the Python API (node.api)."""
+        refuse_events(events, cls.engine_name)
         seed = config.run.seed
         topology, owner, adversaries = place_attack(config, config.graph.build(seed))
         attack = config.attack.attack()

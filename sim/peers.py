@@ -15,6 +15,21 @@ catches up with its neighbours' round), failed links and partitions become
 links the hub refuses. Per-round figures come from the peers' own logs (each peer's accuracy
 after its round); ``merged_acc`` and the component metrics use the models as they are when the
 round completes everywhere.
+
+**Open membership** (``[membership] dynamic = true``, docs/algorithms.md §9.2): the peers named
+by ``arrive`` events are not started at round 0; the others (the initial peers) start linked by
+the [graph] topology's edges among them (with a ring through them in id order added when those
+edges leave them disconnected: a membership protocol cannot heal a network that starts split).
+They are the bootstrap peers: an arriving peer is started with ``[membership] bootstrap =
+["mem://B", ...]`` naming them (no neighbour table), and then does
+what a real joiner does (join, view, link, state transfer). A ``depart`` is the peer's
+``request_stop()`` (it tells its neighbours); a ``crash`` cancels its task; a ``rejoin`` starts it
+again with no neighbour table: with its model kept it rejoins through the peers its checkpoint
+knew (the Peer's own ``known`` URLs), fresh through the bootstrap peers. The graph every metric
+uses is then the *current* overlay: the agreed (both ends count it) edges between alive peers'
+``neighbours``, and the rows carry view sizes, degrees, the spectral gap and join latencies
+(:meth:`PeerSimulation.membership_metrics`). Link failures and partitions act on a static graph's
+edges and are refused here.
 """
 
 from __future__ import annotations
@@ -36,9 +51,11 @@ from gossip import InMemoryHub
 from mixing import consensus_distance
 from node.config import SimConfig
 from node.peer import JsonLog, Peer
+from node.peer.checkpoint import load_checkpoint
 from sim.clock import run_simulated
 from sim.engine import Observer, Simulation
 from sim.scenario import Event
+from topology import metropolis_hastings_matrix, spectral_gap
 
 POLL_S = 0.001  # simulated seconds between the controller's looks at the peers
 
@@ -53,9 +70,40 @@ def peer_refusal(config: SimConfig) -> str | None:
     return None
 
 
+STATIC_EDGE_KINDS = ("link-failure", "partition")  # they cut edges of the static [graph]
+
+
+def initial_graph(base: nx.Graph, initial: Sequence[int]) -> nx.Graph:
+    """The edges the initial peers of an open network start with: ``base``'s among them, plus a
+    ring through them in id order when those leave them disconnected."""
+    graph = nx.Graph(base.subgraph(initial))
+    if len(initial) > 1 and not nx.is_connected(graph):
+        ring = sorted(initial)
+        graph.add_edges_from(zip(ring, ring[1:] + ring[:1], strict=True))
+        graph.remove_edges_from(nx.selfloop_edges(graph))
+    return graph
+
+
+def overlay_metrics(graph: nx.Graph) -> dict[str, Any]:
+    """Shape of an overlay: components, degrees (histogram: index = degree), and the spectral
+    gap of the Metropolis matrix of its largest component (0 for a single peer)."""
+    components = sorted(nx.connected_components(graph), key=lambda c: (-len(c), min(c)))
+    degrees = [d for _, d in graph.degree]
+    largest = nx.convert_node_labels_to_integers(graph.subgraph(components[0])) \
+        if components else nx.Graph()
+    gap = spectral_gap(metropolis_hastings_matrix(largest)) if len(largest) > 1 else 0.0
+    return {"overlay_components": len(components),
+            "overlay_largest": len(components[0]) if components else 0,
+            "spectral_gap": round(float(gap), 6),
+            "degree_mean": float(np.mean(degrees)) if degrees else 0.0,
+            "degree_min": min(degrees, default=0), "degree_max": max(degrees, default=0),
+            "degree_hist": np.bincount(degrees).tolist() if degrees else []}
+
+
 class PeerSimulation(Simulation):
     """Build with :meth:`from_config`; :meth:`run` returns the same summary as the others."""
 
+    engine_name = "peers"
     work_s: float = 0.05
 
     @classmethod
@@ -74,7 +122,45 @@ class PeerSimulation(Simulation):
         sim._logs = {i: io.StringIO() for i in range(nodes)}
         sim.peers: dict[int, Peer] = {}
         sim.tasks: dict[int, asyncio.Task] = {}
+        sim.lives: dict[int, list[Peer]] = {}  # every Peer object of each id (rejoins add one)
+        sim.dynamic = config.membership.enabled
+        sim.arrivals: dict[int, int] = {}  # peer -> the round it arrives at
+        sim.departed: dict[int, int] = {}  # peer -> the round it left (its latest departure)
+        sim.initial = list(range(nodes))
+        if sim.dynamic:
+            sim._open_network(config, list(events))
+        elif any(e.kind == "arrive" for e in events):
+            raise ValueError("--engine peers: event kind 'arrive' needs [membership] dynamic = "
+                             "true (a peer of a static graph cannot join a running network)")
         return sim
+
+    def _open_network(self, config: SimConfig, events: list[Event]) -> None:
+        """Open membership: who starts, with which edges, and whom arrivals join through."""
+        for e in events:
+            if e.kind in STATIC_EDGE_KINDS:
+                raise ValueError(f"--engine peers: event kind {e.kind!r} cuts edges of the "
+                                 "static [graph]; with [membership] dynamic the overlay changes "
+                                 "(use crash, depart or rejoin)")
+        nodes = config.graph.nodes
+        if self.timeline is not None:
+            self.arrivals = self.timeline.arrivals(nodes)
+        self.initial = [i for i in range(nodes) if i not in self.arrivals]
+        if not self.initial:
+            raise ValueError("--engine peers: every peer arrives later; nobody starts the "
+                             "network (the peers no arrive event names are its bootstrap "
+                             "peers)")
+        self.bootstrap = list(self.initial)
+        self.alive = set(self.initial)
+        start = initial_graph(self.topology.graph_at(0), self.initial)
+        for i, c in enumerate(self._configs):
+            c.membership.dynamic = True
+            c.membership.bootstrap = [] if i in self.alive else self._bootstrap_urls(i)
+            # the in-memory transport addresses peers by id; the table's URLs are not used
+            c.neighbours = {j: "http://127.0.0.1:1" for j in sorted(start.neighbors(i))} \
+                if i in self.alive else {}
+
+    def _bootstrap_urls(self, i: int) -> list[str]:
+        return [f"mem://{b}" for b in self.bootstrap if b != i]
 
     # -- peers ---------------------------------------------------------------------------------
 
@@ -83,6 +169,7 @@ class PeerSimulation(Simulation):
                     model_factory=self._model_factory,
                     log=JsonLog(i, stream=self._logs[i]), inline=True, work_s=self.work_s)
         self.peers[i] = peer
+        self.lives.setdefault(i, []).append(peer)
         self.learners[i] = peer.learner
 
     async def _launch_peer(self, i: int) -> None:
@@ -95,13 +182,31 @@ class PeerSimulation(Simulation):
             self.tasks[v].cancel()
         super().take_down(peers)
 
+    def depart(self, peers: Iterable[int]) -> None:
+        """A graceful leave: the peer finishes its step, tells its neighbours, and stops."""
+        for v in sorted(set(peers) & self.alive):
+            self.peers[v].request_stop()
+            self.departed[v] = self._round
+        self.alive -= set(peers)
+
     def bring_back(self, peers: Iterable[int], base: nx.Graph, fresh: bool = False) -> None:
         back = sorted(set(peers) - self.alive)
         for v in back:
             if fresh:
                 shutil.rmtree(self._configs[v].peer.state_dir, ignore_errors=True)
+            if self.dynamic:
+                self._rejoin_config(v, fresh)
             self._pending.append(v)
         self.alive |= set(back)
+
+    def _rejoin_config(self, v: int, fresh: bool) -> None:
+        """A restarted peer of an open network has no neighbour table (its old neighbours may
+        have moved on): with its checkpoint it rejoins through the peers it knew, without one
+        (fresh, or it never checkpointed) through the bootstrap peers."""
+        state = None if fresh else load_checkpoint(self._configs[v].peer.state_dir)
+        knows = bool(state and state.get("known"))
+        self._configs[v].neighbours = {}
+        self._configs[v].membership.bootstrap = [] if knows else self._bootstrap_urls(v)
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -120,32 +225,50 @@ class PeerSimulation(Simulation):
             await asyncio.sleep(POLL_S)
 
     async def _run(self) -> dict[str, Any]:
-        cfg, nodes = self.config.run, self.config.graph.nodes
+        cfg = self.config.run
         self.hub = InMemoryHub()
         self._pending: list[int] = []
+        self._round = 0
+        self._arrived: list[int] = []  # arrivals started so far
         start = time.perf_counter()
         for obs in self.observers:
             obs.on_start(self)
-        for i in range(nodes):
+        for i in self.initial:
             self._spawn(i)
-        for i in range(nodes):
+        for i in self.initial:
             await self.peers[i].start()
         self.tasks = {i: asyncio.create_task(p.run()) for i, p in self.peers.items()}
         base = self.topology.graph_at(0)
-        graph = base
+        graph = self.overlay() if self.dynamic else base
+        arriving: dict[int, list[int]] = {}
+        for v, r in sorted(self.arrivals.items()):
+            arriving.setdefault(r, []).append(v)
         snapshots: dict[int, tuple[nx.Graph, float]] = {}
         for t in range(cfg.rounds):
+            self._round = t
             await self._until_round_done(t)
             if t > 0:
+                if self.dynamic:
+                    graph = self.overlay()
                 snapshots[t] = (graph, self._snapshot_row(t, graph))
             if self.timeline is not None:
-                graph = self.apply_events(t, base)
-                self.hub.down_links = {frozenset(e) for e in base.edges} - \
-                    {frozenset(e) for e in graph.edges}
+                if self.dynamic:
+                    self._round_graph = graph  # what events select on (degree, betweenness)
+                    self.apply_events(t, base)
+                else:
+                    graph = self.apply_events(t, base)
+                    self.hub.down_links = {frozenset(e) for e in base.edges} - \
+                        {frozenset(e) for e in graph.edges}
+                for v in arriving.get(t, []):
+                    self.alive.add(v)
+                    self._arrived.append(v)
+                    self._pending.append(v)
                 for v in self._pending:
                     await self._launch_peer(v)
                 self._pending.clear()
         await self._until_round_done(cfg.rounds)
+        if self.dynamic:
+            graph = self.overlay()
         snapshots[cfg.rounds] = (graph, self._snapshot_row(cfg.rounds, graph))
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         rows = self._rows(snapshots, start)
@@ -154,6 +277,8 @@ class PeerSimulation(Simulation):
                 obs.on_round(row)
         summary = self._summary(rows, graph, time.perf_counter() - start)
         summary["simulated_s"] = round(asyncio.get_running_loop().time(), 3)
+        if self.dynamic:
+            summary.update(self._membership_summary())
         for obs in self.observers:
             obs.on_end(summary)
         return summary
@@ -166,9 +291,64 @@ class PeerSimulation(Simulation):
                  "consensus_distance": consensus_distance(
                      [self.learners[i].params for i in self.honest]),
                  "simulated_s": round(asyncio.get_running_loop().time(), 4)}
-        if self.timeline is not None:
+        if self.timeline is not None or self.dynamic:
             extra.update(self.component_metrics(components, self.peer_accuracies(self.honest)))
+        if self.dynamic:
+            extra.update(self.membership_metrics(graph))
         return extra
+
+    # -- open membership -----------------------------------------------------------------------
+
+    def overlay(self) -> nx.Graph:
+        """The current neighbour graph of the alive peers: an edge where both ends count it
+        (an edge one end still holds as pending carries no model yet)."""
+        graph = nx.Graph()
+        graph.add_nodes_from(sorted(self.alive))
+        for i in sorted(self.alive):
+            graph.add_edges_from((i, j) for j in sorted(self.peers[i].neighbours)
+                                 if j in self.alive and i in self.peers[j].neighbours)
+        return graph
+
+    def membership_metrics(self, graph: nx.Graph) -> dict[str, Any]:
+        """View sizes, the overlay's shape (:func:`overlay_metrics`), one-sided edges (a peer
+        counting an alive peer that does not count it, or a peer that is gone), and join
+        latencies: simulated seconds from an arrival's start to its first mixed model
+        (``Peer.first_mix_s``), over the arrivals so far."""
+        alive = sorted(self.alive)
+        views = [len(self.peers[i].membership.view) for i in alive]
+        one_sided = sum(1 for i in alive for j in self.peers[i].neighbours
+                        if j not in self.alive or i not in self.peers[j].neighbours)
+        latencies = [self.lives[v][0].first_mix_s for v in self._arrived
+                     if self.lives[v][0].first_mix_s is not None]
+        return {"view_mean": float(np.mean(views)) if views else 0.0,
+                "view_max": max(views, default=0), **overlay_metrics(graph),
+                "one_sided_edges": one_sided, "arrived": len(self._arrived),
+                "joined": len(latencies),
+                "join_latency_mean_s": round(float(np.mean(latencies)), 4) if latencies else None,
+                "join_latency_max_s": max(latencies, default=None)}
+
+    def _membership_summary(self) -> dict[str, Any]:
+        """Per arrival: its round, how it joined (round, donor, neighbours), its first mixed model
+        and its first accuracy (after its first round, from its log); per restart (rejoin) the
+        same for that life."""
+        first_acc: dict[int, float] = {}
+        for v, log in self._logs.items():
+            for line in log.getvalue().splitlines():
+                record = json.loads(line)
+                if record["event"] == "round" and record["accuracy"] is not None:
+                    first_acc[v] = record["accuracy"]
+                    break
+        arrivals = {str(v): {"round": self.arrivals[v],
+                             "joined": self.lives[v][0].membership.joined,
+                             "first_mix_s": self.lives[v][0].first_mix_s,
+                             "first_accuracy": first_acc.get(v)}
+                    for v in sorted(self._arrived)}
+        rejoins = {str(v): [{"joined": p.membership.joined, "first_mix_s": p.first_mix_s}
+                            for p in lives[1:]]
+                   for v, lives in sorted(self.lives.items()) if len(lives) > 1}
+        return {"arrivals": arrivals, "rejoins": rejoins,
+                "departed": {str(v): r for v, r in sorted(self.departed.items())},
+                "bootstrap": self.bootstrap, "initial": self.initial}
 
     def _rows(self, snapshots: dict, start: float) -> list[dict[str, Any]]:
         by_round: dict[int, list[dict]] = {}

@@ -35,6 +35,18 @@ Event keys, by kind (``round`` is always allowed and defaults to 0):
 * ``trace``: ``file`` is a CSV of ``peer,start,end`` online intervals (end exclusive, one or more
   lines per peer); listed peers are up exactly inside their intervals.
 
+Open membership (``--engine peers`` with ``[membership] dynamic = true`` only; the other engines
+refuse these kinds, since their peers cannot join a running network):
+
+* ``arrive``: the peers ``nodes = [ids]`` are not started at round 0; they join later through
+  the bootstrap peers (the peers no arrive event names: those alive at round 0). All at
+  ``round``; or one round each with ``rounds = [r, ...]``; or with ``rate``, a Poisson number of
+  them per round from ``round`` on (drawn from the event's seed stream, in a seeded random order)
+  until all have arrived; with ``until``, those still waiting then all arrive at ``until``.
+* ``depart``: a graceful leave (the peer's ``request_stop()``: it finishes its step and tells its
+  neighbours, which drop it at once); ``nodes`` or ``fraction`` with ``select`` and ``among`` as
+  for ``crash``. (``leave`` is the older name of ``crash`` and stays one.)
+
 Every event draws its randomness from its own stream of the run seed, so a scenario and a seed
 give the same timeline. Errors name the event (by index and kind) and the key.
 """
@@ -43,7 +55,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,11 +87,16 @@ class Event:
     radius: float | None = None
     lifetime: list[int] | None = None
     file: str | None = None
+    rate: float | None = None
+    rounds: list[int] | None = None
 
     @property
     def label(self) -> str:
         """A short text for plots: what happened."""
-        if self.kind in ("crash", "leave"):
+        if self.kind == "arrive":
+            return "arrivals" + (f" {self.rate:g}/round" if self.rate is not None else
+                                 f" of {len(self.nodes)}")
+        if self.kind in ("crash", "leave", "depart"):
             who = f"{len(self.nodes)} peers" if self.nodes else \
                 f"{self.fraction:.0%} {self.select}" + ("" if self.among == "all"
                                                        else f" {self.among}")
@@ -108,6 +125,7 @@ class EventKind:
     required: tuple[str, ...] = ()
     start: StartHandler | None = None
     end: EndHandler | None = None
+    engines: tuple[str, ...] | None = None  # the engines that run it (None: every engine)
 
 
 def _roles(sim: Any) -> dict[str, set[int]]:
@@ -128,6 +146,15 @@ def _start_crash(sim: Any, index: int, e: Event, base: nx.Graph, graph: nx.Graph
     else:
         sim.take_down(sim.timeline.select(e, index, sorted(_roles(sim)[e.among]),
                                           graph.subgraph(sim.alive)))
+
+
+def _start_depart(sim: Any, index: int, e: Event, base: nx.Graph, graph: nx.Graph) -> None:
+    if e.nodes is not None:
+        _check_ids(sim, e, e.nodes)
+        sim.depart(e.nodes)
+    else:
+        sim.depart(sim.timeline.select(e, index, sorted(_roles(sim)[e.among]),
+                                       graph.subgraph(sim.alive)))
 
 
 def _start_rejoin(sim: Any, index: int, e: Event, base: nx.Graph, graph: nx.Graph) -> None:
@@ -166,7 +193,8 @@ def _end_partition(sim: Any, index: int, e: Event, base: nx.Graph) -> str:
 
 
 # The registry of event kinds. link-failure acts through Timeline.graph_at, trace and battery
-# also every round (Simulation.apply_events).
+# also every round (Simulation.apply_events), arrive through the peers engine's arrival schedule
+# (Timeline.arrivals).
 EVENT_KINDS: dict[str, EventKind] = {
     "crash": EventKind(("nodes", "fraction", "select", "among"), start=_start_crash),
     "leave": EventKind(("nodes", "fraction", "select", "among"), start=_start_crash),
@@ -177,7 +205,20 @@ EVENT_KINDS: dict[str, EventKind] = {
     "battery": EventKind(("lifetime", "among"), ("lifetime",), start=_start_battery),
     "partition": EventKind(("until",), start=_start_partition, end=_end_partition),
     "trace": EventKind(("file",), ("file",)),
+    "arrive": EventKind(("nodes", "rounds", "rate", "until"), ("nodes",), engines=("peers",)),
+    "depart": EventKind(("nodes", "fraction", "select", "among"), start=_start_depart,
+                        engines=("peers",)),
 }
+
+
+def refuse_events(events: Sequence[Event], engine: str) -> None:
+    """ValueError (one line) when an event's kind does not run on ``engine``."""
+    for e in events:
+        engines = EVENT_KINDS[e.kind].engines
+        if engines is not None and engine not in engines:
+            raise ValueError(f"--engine {engine}: event kind {e.kind!r} (round {e.round}) runs "
+                             f"only on --engine {' or '.join(engines)} (with [membership] "
+                             "dynamic = true): use --engine peers")
 
 
 def parse_event(index: int, raw: Any, base: Path | None = None) -> Event:
@@ -227,8 +268,25 @@ def _check_ranges(where: str, e: Event) -> None:
     for key, ok, message in problems:
         if not ok:
             raise ConfigError(f"{where}: key '{key}' {message}")
-    if e.kind in ("crash", "leave") and (e.nodes is None) == (e.fraction is None):
+    if e.kind in ("crash", "leave", "depart") and (e.nodes is None) == (e.fraction is None):
         raise ConfigError(f"{where}: give exactly one of 'nodes' or 'fraction'")
+    if e.kind == "arrive":
+        _check_arrive(where, e)
+
+
+def _check_arrive(where: str, e: Event) -> None:
+    if e.rate is not None and not (0 < e.rate <= 1e6):
+        raise ConfigError(f"{where}: key 'rate' must be > 0 (arrivals per round)")
+    if e.rate is None and e.until is not None:
+        raise ConfigError(f"{where}: key 'until' goes with 'rate'")
+    if e.rounds is not None:
+        if e.rate is not None or e.nodes is None or len(e.rounds) != len(e.nodes):
+            raise ConfigError(f"{where}: key 'rounds' needs 'nodes' of the same length (one "
+                              "round per peer) and no 'rate'")
+        if min(e.rounds, default=0) < e.round:
+            raise ConfigError(f"{where}: key 'rounds' must be >= round")
+    if e.nodes is not None and len(set(e.nodes)) != len(e.nodes):
+        raise ConfigError(f"{where}: key 'nodes' lists a peer twice")
 
 
 def load_scenario(path: str | Path) -> tuple[dict[str, Any], list[Event]]:
@@ -301,6 +359,40 @@ class Timeline:
             score = nx.betweenness_centrality(graph)
         ranked = sorted(candidates, key=lambda v: (-score[v], v))
         return sorted(ranked[:count])
+
+    def arrivals(self, nodes: int) -> dict[int, int]:
+        """Peer -> the round it arrives at, from the ``arrive`` events (see the module
+        docstring). ValueError when a peer arrives twice or is no peer at all."""
+        when: dict[int, int] = {}
+        for index, e in enumerate(self.events):
+            if e.kind != "arrive":
+                continue
+            if e.rate is None:
+                rounds = e.rounds if e.rounds is not None else [e.round] * len(e.nodes)
+                schedule = dict(zip(e.nodes, rounds, strict=True))
+            else:
+                schedule = self._poisson(index, e, e.nodes)
+            clash = sorted(set(schedule) & set(when))
+            wrong = sorted(v for v in schedule if not 0 <= v < nodes)
+            if clash or wrong:
+                raise ValueError(f"event arrive at round {e.round}: peers {clash or wrong} "
+                                 + ("arrive twice" if clash else f"are not peers (nodes = "
+                                                                 f"{nodes})"))
+            when.update(schedule)
+        return when
+
+    def _poisson(self, index: int, e: Event, pool: list[int]) -> dict[int, int]:
+        rng = self.rng(index)
+        order = [int(v) for v in rng.permutation(np.asarray(pool, dtype=np.int64))]
+        schedule, t = {}, e.round
+        while order:
+            if e.until is not None and t >= e.until:
+                schedule.update(dict.fromkeys(order, e.until))
+                break
+            count = int(rng.poisson(e.rate))
+            schedule.update(dict.fromkeys(order[:count], t))
+            order, t = order[count:], t + 1
+        return schedule
 
     def graph_at(self, base: nx.Graph, round_index: int) -> nx.Graph:
         """The base graph minus this round's failed links and cut edges."""
