@@ -215,3 +215,31 @@ def test_peers_that_reach_the_merge_late_are_waited_for_through_the_line(tmp_pat
     summaries, vectors = run_simulated(scenario())
     assert [s["component"] for s in summaries] == [[0, 1, 2, 3]] * 4
     assert all(torch.equal(vectors[0], v) for v in vectors[1:])
+
+
+def test_a_crowd_of_joiners_leaves_the_view_and_the_address_book_bounded(tmp_path):
+    """300 distinct identities join one open-mode peer: each is admitted (open mode), but the
+    view keeps view_size entries and the transport's address book stays bounded (the joiners'
+    addresses are forgotten once they are neither in the view nor neighbours)."""
+    from node.peer.membership import ADDRESS_BOOK
+
+    config = peer_config(0, 1, tmp_path, 1, dynamic_membership=True, trust_mode="open",
+                         view_size=8)
+
+    async def scenario():
+        peer = Peer(config, data=digits_data(), log=JsonLog(0, stream=io.StringIO()))
+        await peer.start()
+        statuses = []
+        try:
+            for i in range(1, 301):
+                joiner = Identity(i, Ed25519PrivateKey.generate())
+                d = descriptor(joiner, f"http://127.0.0.1:{1 + i % 3}", peer.membership.now_ms())
+                body = joiner.seal(encode_control(Control("join", i, 0, (d,))))
+                statuses.append((await peer.handle(body))[0])
+            return statuses, len(peer.membership.view), len(peer.transport.peers)
+        finally:
+            await peer.close()
+
+    statuses, view, book = asyncio.run(scenario())
+    assert statuses == [200] * 300
+    assert view == 8 and book <= ADDRESS_BOOK + 8 + 1

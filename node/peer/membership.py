@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 SKEW_MS = 60_000  # a descriptor issued this far in the future is refused (clock skew allowed)
 MAX_OTHER_BUCKETS = 1024  # rate-limit buckets kept for peers that are not neighbours
 OTHER_RATE = 20.0  # control messages per second from one peer that is not a neighbour
+ADDRESS_BOOK = 256  # addresses kept beyond those of neighbours, pending edges and the view
 
 
 class JoinError(RuntimeError):
@@ -156,7 +157,17 @@ class Membership:
         self.peer._in_background(self._tell(peer, kind, descriptors))
 
     def _learn(self, d: Descriptor) -> None:
-        self.peer.transport.learn(d.peer, d.url)
+        """Remember where ``d``'s peer listens; the address book stays bounded: beyond
+        ADDRESS_BOOK entries, those of peers that are neither neighbours, pending, in the view
+        nor awaited in a shuffle are forgotten (joiners and shufflers come and go)."""
+        transport = self.peer.transport
+        transport.learn(d.peer, d.url)
+        book = getattr(transport, "peers", None)
+        if book is not None and len(book) > ADDRESS_BOOK:
+            keep = self.peer.neighbours | set(self.view.entries) | set(self.pending) | \
+                set(self._shuffled) | {d.peer}
+            for j in [j for j in book if j not in keep]:
+                transport.forget(j)
 
     # -- receiving -------------------------------------------------------------------------
 
