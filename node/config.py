@@ -595,6 +595,19 @@ class LaunchSection(Section):
                                           tools=("launch",))
     timeout: float = setting(1800.0, "stop every peer and give up after this many seconds",
                              gt=0, tools=("launch",))
+    join: bool = setting(False, "join mode (open membership): start the first --bootstrap "
+                         "peers, linked to each other, then every other peer with python -m "
+                         "node --join BOOTSTRAP_URLS, --join-spacing-s apart; the joiners pick "
+                         "their neighbours from the view, so [graph] topology does not apply",
+                         tools=("launch",))
+    bootstrap: int = setting(2, "join mode: peers started first, that the others join through "
+                             "(must be < nodes)", ge=1, tools=("launch",))
+    join_spacing_s: float = setting(1.0, "join mode: seconds between two joiners' starts (the "
+                                    "first starts once every bootstrap peer serves)", ge=0,
+                                    tools=("launch",))
+    kill_bootstrap_at_round: int | None = setting(
+        None, "join mode: SIGKILL the bootstrap peers once they all completed this round; the "
+        "joiners go on without them", ge=1, tools=("launch",), metavar="R")
 
 
 def _section(cls: type[Section]) -> Any:
