@@ -40,11 +40,15 @@ from sim.study import markdown_table, study_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOT = 3
-# One shuffle every 0.1 simulated s is about 2.5 per round here (a round is ~0.25 simulated s:
-# five pieces of work of PeerSimulation.work_s). With the default 1 s the views hardly mix within
-# a run this short and the overlay split after the leaves (measured: 4 components of 24 peers).
+# Time scale. A piece of local work takes WORK_S simulated seconds (a round is about five: ~2 s
+# here) and a peer shuffles every 0.5 s, about four shuffles a round. Measured first with the
+# engine's default 0.05 s of work and 0.1 s shuffles: 200 peers then send some 2000 control
+# messages per simulated second, the bootstrap peers' limit on envelopes from non-neighbours
+# (node/peer/protocol.py STRANGER_RATE, 200/s) refuses joins, and in one seed 187 of 200
+# arrivals gave up ("no bootstrap peer admitted this peer within 30 s").
+WORK_S = 0.4
 MEMBERSHIP = {"dynamic": True, "links": 4, "max_links": 8, "view_size": 16,
-              "shuffle_every_s": 0.1, "forget_after_s": 5.0}
+              "shuffle_every_s": 0.5, "forget_after_s": 20.0}
 
 
 def settings(args, seed: int, dynamic: bool) -> SimConfig:
@@ -80,6 +84,7 @@ def one_run(args, seed: int, dynamic: bool) -> dict:
     events, when = timeline(args, seed, dynamic)
     recorder = Recorder()
     sim = PeerSimulation.from_config(settings(args, seed, dynamic), [recorder], events)
+    sim.work_s = WORK_S
     if dynamic:  # half of the leavers return (chosen when they have left: see _returning)
         sim.bring_back = _returning(sim, sim.bring_back)
     else:
@@ -215,7 +220,8 @@ def main(argv=None) -> int:
         f"{', '.join(f'{k} {v}' for k, v in MEMBERSHIP.items() if k != 'dynamic')}); at round "
         f"{round(0.5 * args.rounds)} 20% of the alive peers leave gracefully, at round "
         f"{round(0.75 * args.rounds)} half of them return with their models through the peers "
-        "they knew. Digits IID, softmax regression, DFedAvg, no final merge. Baseline: the same "
+        f"they knew. Each piece of local work takes {WORK_S} simulated s. Digits IID, softmax "
+        "regression, DFedAvg, no final merge. Baseline: the same "
         "peers, shards and timeline on a static random 4-regular graph over all of them "
         "(arrivals down from round 0 and up at their arrival round with a fresh model; the "
         f"same leaves and returns). Seeds 0..{args.seeds - 1}; mean ± standard deviation over "

@@ -173,6 +173,9 @@ class PeerSimulation(Simulation):
         self.learners[i] = peer.learner
 
     async def _launch_peer(self, i: int) -> None:
+        previous = self.tasks.get(i)
+        if previous is not None and previous.done() and not previous.cancelled():
+            previous.exception()  # a life that ended in an error (a failed join): seen, replaced
         self._spawn(i)
         await self.peers[i].start()
         self.tasks[i] = asyncio.create_task(self.peers[i].run())
