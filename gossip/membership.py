@@ -20,6 +20,7 @@ so no body makes the parser allocate more than a few hundred small objects. Kind
 ``view``                  the answer to a join: a sample of the bootstrap peer's view
 ``shuffle``/``reply``     Cyclon's exchange (l entries each way, the sender's own one fresh)
 ``link`` / ``unlink``     ask for / end a gossip edge (the answer's HTTP status is the decision)
+``linked``                the asker counts the edge now (so the other end counts it too)
 ``leave``                 the sender stops (SIGINT/SIGTERM): drop it now, not after a deadline
 ``state_request``         a joiner asks a new neighbour for its model and round (answer: 200 and
                           a ``state`` data message, or 429 when the donor serves enough joiners)
@@ -41,7 +42,7 @@ from gossip.auth import CERTIFICATE_SIZE, KEY_SIZE, SIGNATURE_SIZE
 from gossip.messages import MAX_INT, MessageError
 
 CONTROL_VERSION = 1
-CONTROL_KINDS = ("join", "view", "shuffle", "reply", "link", "unlink", "leave",
+CONTROL_KINDS = ("join", "view", "shuffle", "reply", "link", "linked", "unlink", "leave",
                  "state_request")
 MAX_DESCRIPTORS = 64  # per message; a view is at most this large
 MAX_URL = 200

@@ -489,9 +489,9 @@ class MembershipSection(Section):
     advertise_url: str | None = setting(None, "the URL other peers reach this one at "
                                         "(default: http(s)://[peer] listen)", metavar="URL",
                                         tools=("peer",))
-    links: int = setting(4, "neighbours a peer links to from its view (it accepts up to "
-                         "max_links)", ge=1)
-    max_links: int = setting(8, "most neighbours a peer accepts; more link requests are "
+    links: int = setting(3, "edges a peer asks for itself, to peers of its view (others ask "
+                         "it too: its degree is about twice this)", ge=1)
+    max_links: int = setting(10, "most neighbours a peer accepts; more link requests are "
                               "refused (the asker picks another)", ge=1)
     view_size: int = setting(16, "entries of the partial view (Cyclon's c)", ge=2, le=64)
     shuffle_length: int = setting(6, "entries exchanged per shuffle (Cyclon's l)", ge=1, le=64)

@@ -47,7 +47,7 @@ BOOT = 3
 # gave up: "no bootstrap peer admitted this peer within 30 s"; the likely cause, not verified, is
 # the bootstrap peers' limit on envelopes from non-neighbours, STRANGER_RATE in protocol.py).
 WORK_S = 0.4
-MEMBERSHIP = {"dynamic": True, "links": 4, "max_links": 8, "view_size": 16,
+MEMBERSHIP = {"dynamic": True, "view_size": 16,
               "shuffle_every_s": 0.5, "forget_after_s": 20.0}
 
 

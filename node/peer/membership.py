@@ -13,11 +13,13 @@ Decisions, and why:
   a joiner cannot take an id another key holds).
 - **Edges are agreed before they are counted.** A peer asks for an edge with ``link``; the
   answer's HTTP status is the decision (200 yes; 429 full; 409 while merging). The asker counts
-  the edge once it read the 200; the accepting peer holds it as *pending* and counts it when the
-  asker's first data message arrives (which proves the asker counts it too), so neither end puts
-  a neighbour in its Metropolis weights that does not also have it. A pending edge that never
-  sees a message expires. A new neighbour is not waited for until it first speaks (it may be a
-  round away), so a new edge never costs a deadline.
+  the edge once it read the 200 and says so (``linked``); the accepting peer holds it as
+  *pending* and counts it on that message, or on the asker's first data message if it was lost
+  (either proves the asker counts it), so neither end puts a neighbour in its Metropolis weights
+  that does not also have it. A pending edge that never
+  sees a message expires. A new neighbour gets the current gossip step's model at once, so two
+  peers in the same step exchange without waiting a deadline. Each peer keeps ``links`` edges
+  of its own asking (a random k-out graph: connected with high probability under churn).
 - **Ages are signed times.** A view entry's age is ``now - issued`` of its descriptor, which
   only the described peer can renew; Cyclon's shuffle partner is the oldest entry. A crashed
   peer stops renewing and is forgotten after ``forget_after_s``; a peer that fails a shuffle is
@@ -34,6 +36,7 @@ Decisions, and why:
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections import OrderedDict
@@ -91,6 +94,9 @@ class Membership:
         self._viewed = asyncio.Event()
         self._descriptor: Descriptor | None = None
         self._buckets: OrderedDict[int, Any] = OrderedDict()
+        self._expired: OrderedDict[int, bool] = OrderedDict()  # agreements whose slot expired
+        self.outgoing: set[int] = set()  # neighbours this peer asked for
+        self._remembered: OrderedDict[str, bool] = OrderedDict()  # URLs of peers once known
         self.known_urls: list[str] = []  # from the checkpoint: peers this one knew
 
     # -- clocks and descriptors ------------------------------------------------------------
@@ -225,8 +231,8 @@ class Membership:
 
     def _on_link(self, sender: int, message: Control, own: Descriptor) -> tuple[int, str]:
         p = self.peer
-        if p.state in ("merging", "done", "stopped"):
-            return 409, "merging: no new edges"
+        if p.state in ("merging", "done", "stopped") or p._stop:
+            return 409, "merging or stopping: no new edges"
         if sender in p.neighbours:
             return 200, "ok"
         if len(p.neighbours) + len(self.pending) >= self.cfg.max_links:
@@ -235,6 +241,12 @@ class Membership:
         self.view.add(own)
         self.pending[sender] = p._now()
         return 200, "ok"
+
+    def _on_linked(self, sender: int, message: Control, own: Descriptor | None
+                   ) -> tuple[int, str]:
+        if self.confirm(sender):
+            return 200, "ok"
+        return 409, "no edge was agreed with this peer"
 
     def _on_unlink(self, sender: int, message: Control, own: Descriptor | None
                    ) -> tuple[int, str]:
@@ -266,6 +278,8 @@ class Membership:
         p = self.peer
         if sender not in p.neighbours and sender not in self.pending:
             return 403, "state is sent to neighbours only"
+        if self.joining:  # its own model is not the network's yet (tests/test_membership.py)
+            return 429, "joining itself: no state to give yet; ask another neighbour"
         if self.serving >= self.cfg.max_joiners:
             return 429, "serving as many joiners as allowed: ask another neighbour"
         self.serving += 1
@@ -295,16 +309,24 @@ class Membership:
 
     def confirm(self, sender: int) -> bool:
         """A data message from a pending edge's asker: it counts the edge, so this peer does
-        too. True when ``sender`` is (now) a neighbour."""
-        if sender in self.peer.neighbours:
+        too. True when ``sender`` is (now) a neighbour. An agreement whose pending slot expired
+        (the asker's first round took long) still counts if there is room."""
+        p = self.peer
+        if sender in p.neighbours:
             return True
-        if self.pending.pop(sender, None) is None:
+        if p._stop:
             return False
+        if self.pending.pop(sender, None) is None:
+            if self._expired.pop(sender, None) is None or p.state in ("merging", "done") or \
+                    len(p.neighbours) + len(self.pending) >= self.cfg.max_links:
+                return False
         self._add(sender, how="accepted")
         return True
 
     def _add(self, j: int, *, how: str) -> None:
         self.events["links"] += 1
+        if how == "asked":
+            self.outgoing.add(j)
         self.peer.add_neighbour(j)
         self.peer.log.write("linked", neighbour=j, how=how, degree=len(self.peer.neighbours))
 
@@ -315,6 +337,7 @@ class Membership:
         if status == 200:
             if self.peer.state not in ("merging", "done", "stopped"):
                 self._add(d.peer, how="asked")
+                self._tell_later(d.peer, "linked")
                 return True
             status = None
         if status is None:  # no answer: it may have said yes; make sure no edge dangles
@@ -322,51 +345,106 @@ class Membership:
             self._tell_later(d.peer, "unlink")
         return False
 
+    def asked_edges(self) -> set[int]:
+        """The neighbours this peer asked for (its out-edges; the others asked it)."""
+        self.outgoing &= self.peer.neighbours
+        return self.outgoing
+
     async def link_up(self, *, limit: int | None = None) -> None:
-        """Link to view entries until this peer has ``links`` neighbours (``limit`` tries)."""
+        """Ask view entries for edges until this peer has asked ``links`` neighbours that
+        agreed (``limit`` tries). Each peer keeping ``links`` edges of its own choosing, to
+        peers drawn from the sampling service, makes the overlay a random k-out graph, which is
+        connected with high probability for k >= 2 however peers come and go; counting every
+        neighbour instead let groups whose bridges left stay cut off (scripts/
+        study_membership.py: 7-17 components of 200 peers)."""
         p = self.peer
         tries = 0
         for d in self.view.sample(self.cfg.view_size, exclude=p.neighbours | set(self.pending)):
-            if len(p.neighbours) + len(self.pending) >= self.cfg.links or \
+            if len(self.asked_edges()) >= self.cfg.links or \
+                    len(p.neighbours) >= self.cfg.max_links or \
                     (limit is not None and tries >= limit) or p._stop:
                 return
             tries += 1
             await self.link(d)
 
     def on_round(self, round_index: int) -> None:
-        """At each round start: drop neighbours suspect for ``drop_suspect_rounds`` rounds and
-        pending edges whose asker never spoke."""
+        """At each round start: drop neighbours that are dead -- suspect for
+        ``drop_suspect_rounds`` rounds *and* not heard at all (not even a stale message) for
+        twice the deadline ceiling, so a live neighbour that is out of step is kept (rounds can
+        last milliseconds) -- and forget pending edges whose asker never spoke."""
         p = self.peer
+        silent_for = 2 * p.config.gossip.deadline_ceiling_s
         for j in list(self.suspect_since):
             if j not in p.suspect or j not in p.neighbours:
                 del self.suspect_since[j]
         for j in sorted(p.suspect & p.neighbours):
             self.suspect_since.setdefault(j, round_index)
-            if self.cfg.enabled and \
+            heard = p._last_heard.get(j, -math.inf)
+            if self.cfg.enabled and p._now() - heard >= silent_for and \
                     round_index - self.suspect_since[j] >= self.cfg.drop_suspect_rounds:
                 self.events["dropped"] += 1
                 self.view.remove(j)
                 self._tell_later(j, "unlink")
                 p.drop_neighbour(j, reason="suspect")
-        stale = p._now() - 2 * p.config.gossip.deadline_ceiling_s - self.cfg.shuffle_every_s
+        stale = p._now() - max(self.cfg.forget_after_s, 4 * p.config.gossip.deadline_ceiling_s)
         for j in [j for j, at in self.pending.items() if at < stale]:
             del self.pending[j]
+            self._expired[j] = True  # still agreed: counted if its first message comes
+            if len(self._expired) > self.cfg.max_links * 4:
+                self._expired.popitem(last=False)
 
     # -- the background loop ---------------------------------------------------------------
 
     async def maintain(self) -> None:
         """Every ``shuffle_every_s``: forget old entries, shuffle with the oldest one, and link
-        up to ``degree`` (one try per period; not while merging)."""
+        up to ``links`` (one try per period; not while merging). A peer left with no neighbour
+        and an empty view introduces itself again through its bootstrap peers and the peers it
+        once knew (found by the launcher's join mode: a peer whose neighbours all left trained
+        alone to the end)."""
         p = self.peer
         while not p._stop and p.state not in ("done", "stopped"):
             await asyncio.sleep(self.cfg.shuffle_every_s)
+            for d in self.view.entries.values():
+                self._remembered[d.url] = True
+                self._remembered.move_to_end(d.url)
+            while len(self._remembered) > 32:
+                self._remembered.popitem(last=False)
             for gone in self.view.expire(self.now_ms(), self.cfg.forget_after_s * 1000):
                 self.events["forgotten"] += 1
                 if gone not in p.neighbours:
                     p.transport.forget(gone)
+            if p.state in ("merging", "done", "stopped"):
+                await self.shuffle()
+                continue
+            if not p.neighbours and not self.view and not self.joining:
+                await self.reintroduce()
             await self.shuffle()
-            if p.state not in ("merging", "done", "stopped"):
-                await self.link_up(limit=1)
+            await self.link_up(limit=1)
+
+    async def reintroduce(self) -> None:
+        """One round of joins to the bootstrap peers and the peers once known, taking the view
+        that comes back (never fatal: the peer keeps training meanwhile)."""
+        urls = list(dict.fromkeys([*self.cfg.bootstrap, *self.known_urls, *self._remembered]))
+        urls = [u for u in urls if u != self.url]
+        if not urls:
+            return
+        self.joining = True
+        self._viewed.clear()
+        try:
+            for url in self.rng.sample(urls, min(len(urls), 4)):
+                status = await self.peer.transport.send_url(
+                    url, self._control("join", [self.descriptor()]),
+                    self.peer.config.gossip.deadline_ceiling_s, retry=False)
+                if status == 200:
+                    self.peer.log.write("reintroduced", via=url)
+                    try:
+                        await asyncio.wait_for(self._viewed.wait(),
+                                               self.peer.config.gossip.deadline_ceiling_s)
+                    except asyncio.TimeoutError:
+                        pass
+                    return
+        finally:
+            self.joining = False
 
     async def shuffle(self) -> None:
         """Cyclon's exchange with the oldest entry: it is removed from the view (a dead one is
@@ -464,12 +542,13 @@ class Membership:
                         "network admits peers whose key its trust store lists or that hold a "
                         "certificate of its authority ([trust] certificate; python -m node keys "
                         "issue)", 3)
-            if p._now() + backoff > deadline or p._stop:
+            if p._now() >= deadline or p._stop:
                 raise JoinError(f"no bootstrap peer admitted this peer within "
                                 f"{self.cfg.join_timeout_s:g} s ({attempts} attempts to "
                                 f"{', '.join(urls)}); check the URLs and that they run with "
                                 "[membership] dynamic", 4)
-            await asyncio.sleep(backoff)
+            # the last wait ends at the deadline, so the attempts span all of join_timeout_s
+            await asyncio.sleep(max(0.0, min(backoff, deadline - p._now())))
             backoff = min(2 * backoff, 5.0)
 
     async def _fetch_state(self, deadline: float) -> Message | None:

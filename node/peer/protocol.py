@@ -365,6 +365,7 @@ class Peer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"peer{cfg.peer.id}")
         self.membership = Membership(self, cfg.membership, seed=cfg.run.seed)
         self._maintenance: asyncio.Task | None = None
+        self._step_body: tuple[tuple[int, int], bytes] | None = None  # this step's model
         self._started: float | None = None
         self.first_mix_s: float | None = None  # start -> first model mixed with a neighbour's
         self._resume()
@@ -537,12 +538,17 @@ class Peer:
     # -- neighbours (open membership changes them; node/peer/membership.py) -------------------
 
     def add_neighbour(self, j: int) -> None:
-        """Count ``j`` as a neighbour from now on; it is not waited for until it first speaks
-        (it may be a round away), so a new edge never costs a deadline."""
+        """Count ``j`` as a neighbour from now on, and waited for like any other. If a gossip
+        step is in progress, ``j`` gets this step's model now (it was sent to the others before
+        the edge existed), so two peers in the same step exchange at once instead of each
+        waiting a deadline for a message sent before the edge (tests/test_membership.py: new
+        neighbours that were not waited for let a joiner run ahead of the network alone)."""
         g = self.config.gossip
         self.neighbours.add(j)
-        self.suspect.add(j)
         self._buckets[j] = TokenBucket(g.max_messages_per_s, 2 * g.max_messages_per_s)
+        self._last_heard.setdefault(j, self._now())  # the edge's start counts as a sign of life
+        if self._step_body is not None:
+            self._in_background(self._send(j, self._step_body[1]))
         self._arrived.set()
 
     def drop_neighbour(self, j: int, *, reason: str) -> None:
@@ -660,6 +666,10 @@ class Peer:
         self.traffic["messages_out"] += 1
         if 400 <= status < 500:
             self._refused(peer, status)
+            if status == 403 and self.membership.cfg.enabled and peer in self.neighbours and \
+                    self.state not in ("merging", "done"):
+                # it does not count this edge (it dropped us, or its agreement expired)
+                self.drop_neighbour(peer, reason="refused")
         return status
 
     def _refused(self, peer: int, status: int) -> None:
@@ -737,10 +747,15 @@ class Peer:
     async def gossip_step(self, round_index: int, step: int) -> int:
         """One exchange and one mixing; returns how many neighbours were heard."""
         self.position = (round_index, step)
-        self._send_all(Message("model", self.id, round_index, step, len(self.neighbours),
-                               [(self.id, self.learner.outgoing())], self.config.gossip.codec),
-                       self.neighbours)
-        got = await self._collect(("model", round_index, step), self.neighbours)
+        body = self._body(Message("model", self.id, round_index, step, len(self.neighbours),
+                                  [(self.id, self.learner.outgoing())], self.config.gossip.codec))
+        self._step_body = (round_index, step), body
+        for peer in sorted(self.neighbours):
+            self._in_background(self._send(peer, body))
+        try:
+            got = await self._collect(("model", round_index, step), self.neighbours)
+        finally:
+            self._step_body = None
         got = {j: m for j, m in got.items() if j in self.neighbours}
         if got and self.first_mix_s is None and self._started is not None:
             self.first_mix_s = round(self._now() - self._started, 3)
