@@ -55,8 +55,7 @@ def run(args: argparse.Namespace, out: Path) -> dict:
     command = [sys.executable, "scripts/launch.py", "--nodes", str(args.peers), "--join",
                "--bootstrap", str(args.bootstrap), "--join-spacing-s", str(args.spacing_s),
                "--rounds", "1000000", "--seed", str(args.seed), "--out", str(out), "--quiet",
-               "--timeout", str(args.timeout_s), "--algorithm", "dfedavg",
-               "--drop-suspect-rounds", str(args.drop_suspect_rounds)]
+               "--timeout", str(args.timeout_s), "--algorithm", "dfedavg"]
     joiners = range(args.bootstrap, args.peers)
     proc = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
@@ -133,9 +132,6 @@ def main(argv=None) -> int:
                    help="seconds between two joiners' starts (default: 1.0)")
     p.add_argument("--settle-s", type=float, default=30.0,
                    help="seconds the network runs after the last joiner mixed (default: 30)")
-    p.add_argument("--drop-suspect-rounds", type=int, default=60,
-                   help="[membership] drop_suspect_rounds; digits rounds last milliseconds, "
-                   "so the default 3 drops joiners before their first message (default: 60)")
     p.add_argument("--mix-wait-s", type=float, default=240.0,
                    help="wait at most this long from the launch for every joiner to mix; "
                    "those that did not are reported as never mixed (default: 240)")

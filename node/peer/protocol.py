@@ -596,6 +596,10 @@ class Peer:
             # the round this peer is about to catch up to counts as its own: a peer that was
             # down keeps its neighbours' messages of the round it jumps to
             base = max(position_round, self._catch_up_to(position_round))
+            if self.membership.joining:  # its round is the donor's, about to be adopted: keep
+                # what new neighbours send now (inbox_per_sender bounds it), which a joiner
+                # would otherwise refuse and then wait a deadline for (scripts/launch.py --join)
+                base = max(base, max(self.neighbour_round.values(), default=0))
             if message.round > base + 1 or \
                     message.step >= self.algorithm.gossip_steps:
                 return "outside the window: rounds beyond the next are not buffered"
