@@ -486,9 +486,9 @@ class Peer:
         self.traffic["bytes_in"] += len(body)
         self.traffic["messages_in"] += 1
         self._last_heard[sender] = self._now()
-        if message.kind != "history":
-            self.neighbour_round[sender] = max(self.neighbour_round.get(sender, 0),
-                                               message.round)
+        if message.kind != "history" and message.round > self.neighbour_round.get(sender, -1):
+            self.neighbour_round[sender] = message.round
+            self._arrived.set()  # a peer waiting for its neighbourhood to catch up looks again
         refusal = self._outside_window(message)
         if refusal is not None and sender in self.suspect and message.kind == "model" and \
                 (message.round, message.step) == self._previous_step():
@@ -699,6 +699,39 @@ class Peer:
         one's old claim only makes the vote more cautious)."""
         return catch_up_target(round_index, list(self.neighbour_round.values()))
 
+    def _ahead(self, round_index: int) -> bool:
+        """True when most live neighbours (heard within the deadline ceiling) claim a round two
+        or more behind ``round_index``: this peer would train on alone, its messages beyond
+        their window (the mirror of ``_lagging``)."""
+        recent = self._now() - self.config.gossip.deadline_ceiling_s
+        claims = [self.neighbour_round[j] for j in self.neighbours
+                  if j in self.neighbour_round and self._last_heard.get(j, -math.inf) >= recent]
+        behind = sum(1 for claim in claims if claim <= round_index - 2)
+        return 2 * behind > len(self.neighbours)
+
+    async def _wait_if_ahead(self, round_index: int) -> None:
+        """Open membership: before a round, wait (up to the deadline ceiling) while most of the
+        neighbourhood is two or more rounds behind. Peers that arrive at different rounds
+        otherwise drift apart for good: the fast ones suspect the slow ones, stop waiting for
+        them and run ahead mixing with one neighbour or none (scripts/study_membership.py at a
+        short time scale: peers finished their last round while most of their neighbours were
+        ten rounds behind). The slow ones meanwhile catch up by vote (``_lagging``)."""
+        if not self.membership.cfg.enabled or not self._ahead(round_index):
+            return
+        behind = sorted(j for j in self.neighbours
+                        if self.neighbour_round.get(j, round_index) <= round_index - 2)
+        self.log.write("waiting_for_neighbours", round=round_index, behind=behind)
+        deadline = self._now() + self.config.gossip.deadline_ceiling_s
+        while self._ahead(round_index) and not self._stop:
+            left = deadline - self._now()
+            if left <= 1e-6:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except asyncio.TimeoutError:
+                break
+
     def _lagging(self, round_index: int) -> bool:
         """True when most of the neighbourhood is two or more rounds ahead: they finished round
         ``round_index + 1`` without this peer's messages, so they timed out on us (we were
@@ -830,6 +863,7 @@ class Peer:
                         self.completed_rounds = t
                         await self._in_thread(self._checkpoint)
                         break
+                await self._wait_if_ahead(t)
                 await self._round(t)
                 t += 1
             merged = None
