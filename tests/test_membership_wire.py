@@ -243,3 +243,40 @@ def test_a_crowd_of_joiners_leaves_the_view_and_the_address_book_bounded(tmp_pat
     statuses, view, book = asyncio.run(scenario())
     assert statuses == [200] * 300
     assert view == 8 and book <= ADDRESS_BOOK + 8 + 1
+
+
+def test_the_merge_covers_the_late_joiner_and_not_the_peer_that_left(tmp_path):
+    """Open membership, simulated clock: a 4-peer ring; peer 4 joins through peer 0 at round 8,
+    peer 3 stops cleanly (SIGTERM's path: it says leave) at round 14; everyone else trains to
+    round 24 and merges. Every finishing peer's component is exactly {0, 1, 2, 4}, and they end
+    with the same model."""
+    def make(hub, i, neighbours, bootstrap=()):
+        c = peer_config(i, 5, tmp_path, 24, algorithm="dfedavg", dynamic_membership=True,
+                        deadline_floor_s=0.2, deadline_ceiling_s=2.0)
+        c.neighbours = {j: "http://in-memory" for j in neighbours}
+        c.membership.bootstrap = list(bootstrap)
+        return Peer(c, transport=hub.transport(i), data=digits_data(), inline=True,
+                    work_s=0.05, log=JsonLog(i, stream=io.StringIO()))
+
+    async def scenario():
+        hub = InMemoryHub()
+        peers = {i: make(hub, i, [(i - 1) % 4, (i + 1) % 4]) for i in range(4)}
+        for p in peers.values():
+            await p.start()
+        tasks = {i: asyncio.create_task(p.run()) for i, p in peers.items()}
+        while peers[0].completed_rounds < 8:
+            await asyncio.sleep(0.01)
+        peers[4] = make(hub, 4, [], bootstrap=["mem://0"])
+        await peers[4].start()
+        tasks[4] = asyncio.create_task(peers[4].run())
+        while peers[3].completed_rounds < 14:
+            await asyncio.sleep(0.01)
+        peers[3].request_stop()
+        summaries = dict(zip(tasks, await asyncio.gather(*tasks.values())))
+        return summaries, {i: p.learner.vector().clone() for i, p in peers.items()}
+
+    summaries, vectors = run_simulated(scenario())
+    assert summaries[3]["state"] == "stopped"
+    finishing = [0, 1, 2, 4]
+    assert [summaries[i]["component"] for i in finishing] == [finishing] * 4
+    assert all(torch.equal(vectors[0], vectors[i]) for i in finishing)
