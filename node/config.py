@@ -12,11 +12,14 @@ section       what it holds                                               used b
 [mixing]      mixing rule and initial model                               peer, sim, launch
 [attack]      adversarial behaviour (and, for experiments, placement)     peer, sim, launch
 [run]         seed, rounds, evaluation, threads                           peer, sim, launch
+[membership]  open membership: bootstrap, view, links, joiners, leaving   peer, sim, launch
 [peer]        this peer's id, address, state folder, log                  peer
 [neighbours]  peer id = URL                                               peer
 [graph]       number of peers, topology, relays                           sim, launch
 [sim]         engine and output folder                                    sim
-[launch]      output folder, churn, time limit                            launch
+[launch]      output folder, churn, join mode, time limit                 launch
+[trust]       key, certificate, trust store                               peer
+[tls]         TLS certificate, key, CA                                    peer
 ============  ==========================================================  ==================
 
 A file may hold sections of several tools (each tool ignores the sections that are not its own),
