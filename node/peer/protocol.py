@@ -576,6 +576,12 @@ class Peer:
         self.completed_rounds = min(message.round, self.config.run.rounds)
         self.position = (self.completed_rounds, 0)
         self._first_wait = False
+        if self.deadline.average is None:
+            # a joiner enters a running network: its first waits start at the deadline floor
+            # and adapt from there, instead of the ceiling that a peer starting with its
+            # neighbours uses (with rounds of 0.15 s, a 10 s first wait put each joiner ~60
+            # rounds behind: scripts/study_membership.py --work-s 0.05)
+            self.deadline.observe(self.deadline.floor / self.deadline.factor)
         self.log.write("state_received", donor=message.sender, round=self.completed_rounds)
 
     def _previous_step(self) -> tuple[int, int]:
