@@ -139,22 +139,21 @@ def _check_ids(sim: Any, e: Event, ids: list[int]) -> None:
         raise ValueError(f"event {e.kind} at round {e.round}: unknown peers {unknown}")
 
 
-def _start_crash(sim: Any, index: int, e: Event, base: nx.Graph, graph: nx.Graph) -> None:
+def _chosen(sim: Any, index: int, e: Event, graph: nx.Graph) -> list[int]:
+    """The peers a crash or a departure takes: ``nodes``, else ``fraction`` of ``among``
+    chosen by ``select`` among the alive ones."""
     if e.nodes is not None:
         _check_ids(sim, e, e.nodes)
-        sim.take_down(e.nodes)
-    else:
-        sim.take_down(sim.timeline.select(e, index, sorted(_roles(sim)[e.among]),
-                                          graph.subgraph(sim.alive)))
+        return e.nodes
+    return sim.timeline.select(e, index, sorted(_roles(sim)[e.among]), graph.subgraph(sim.alive))
+
+
+def _start_crash(sim: Any, index: int, e: Event, base: nx.Graph, graph: nx.Graph) -> None:
+    sim.take_down(_chosen(sim, index, e, graph))
 
 
 def _start_depart(sim: Any, index: int, e: Event, base: nx.Graph, graph: nx.Graph) -> None:
-    if e.nodes is not None:
-        _check_ids(sim, e, e.nodes)
-        sim.depart(e.nodes)
-    else:
-        sim.depart(sim.timeline.select(e, index, sorted(_roles(sim)[e.among]),
-                                       graph.subgraph(sim.alive)))
+    sim.depart(_chosen(sim, index, e, graph))
 
 
 def _start_rejoin(sim: Any, index: int, e: Event, base: nx.Graph, graph: nx.Graph) -> None:
