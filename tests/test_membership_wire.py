@@ -280,3 +280,36 @@ def test_the_merge_covers_the_late_joiner_and_not_the_peer_that_left(tmp_path):
     finishing = [0, 1, 2, 4]
     assert [summaries[i]["component"] for i in finishing] == [finishing] * 4
     assert all(torch.equal(vectors[0], vectors[i]) for i in finishing)
+
+
+def test_a_yes_that_would_exceed_max_links_is_undone_with_an_unlink(tmp_path):
+    """Edges accepted while a link request is in flight count: a peer that reached max_links
+    meanwhile does not count the new edge and tells the other end (unlink), so no peer ends
+    above max_links (study_membership saw one at 11 of 10)."""
+    config = peer_config(0, 1, tmp_path, 1, dynamic_membership=True, max_links=2, links=2)
+
+    async def scenario():
+        hub = InMemoryHub()
+        peer = Peer(config, transport=hub.transport(0), data=digits_data(),
+                    log=JsonLog(0, stream=io.StringIO()))
+        await peer.start()
+        told: list[str] = []
+
+        async def other(body: bytes):
+            told.append(decode_control(TrustStore(mode="modelled").open(body).payload).kind)
+            if told[-1] == "link":  # says yes; meanwhile two others linked to the asker
+                peer.add_neighbour(7)
+                peer.add_neighbour(8)
+            return 200, "ok"
+
+        hub.handlers[5] = other
+        try:
+            linked = await peer.membership.link(Descriptor(5, "mem://5", peer.membership.now_ms()))
+            await asyncio.gather(*list(peer._sends))
+            return linked, sorted(peer.neighbours), told
+        finally:
+            await peer.close()
+
+    linked, neighbours, told = run_simulated(scenario())
+    assert not linked and neighbours == [7, 8]
+    assert told == ["link", "unlink"]

@@ -335,12 +335,14 @@ class Membership:
         self._learn(d)
         status = await self._tell(d.peer, "link", [self.descriptor()])
         if status == 200:
-            if self.peer.state not in ("merging", "done", "stopped"):
+            # the cap is checked again: edges accepted while the request was in flight count
+            if self.peer.state not in ("merging", "done", "stopped") and \
+                    len(self.peer.neighbours) < self.cfg.max_links:
                 self._add(d.peer, how="asked")
                 self._tell_later(d.peer, "linked")
                 return True
             status = None
-        if status is None:  # no answer: it may have said yes; make sure no edge dangles
+        if status is None:  # no answer, or a yes it cannot keep: make sure no edge dangles
             self.view.remove(d.peer)
             self._tell_later(d.peer, "unlink")
         return False
