@@ -335,9 +335,10 @@ class Membership:
         self._learn(d)
         status = await self._tell(d.peer, "link", [self.descriptor()])
         if status == 200:
-            # the cap is checked again: edges accepted while the request was in flight count
+            # the cap is checked again: edges accepted (or held pending for their asker) while
+            # the request was in flight count
             if self.peer.state not in ("merging", "done", "stopped") and \
-                    len(self.peer.neighbours) < self.cfg.max_links:
+                    len(self.peer.neighbours) + len(self.pending) < self.cfg.max_links:
                 self._add(d.peer, how="asked")
                 self._tell_later(d.peer, "linked")
                 return True
@@ -363,7 +364,7 @@ class Membership:
         tries = 0
         for d in self.view.sample(self.cfg.view_size, exclude=p.neighbours | set(self.pending)):
             if len(self.asked_edges()) >= self.cfg.links or \
-                    len(p.neighbours) >= self.cfg.max_links or \
+                    len(p.neighbours) + len(self.pending) >= self.cfg.max_links or \
                     (limit is not None and tries >= limit) or p._stop:
                 return
             tries += 1
