@@ -1009,9 +1009,13 @@ class Peer:
         reported: dict[int, set[int]] = {}  # each neighbour's latest waiting list
 
         def waiting() -> set[int]:
+            # what live neighbours reported only: a neighbour that went silent (suspect) or
+            # finished no longer holds anyone up (with every neighbour silent, a dead one's last
+            # list made the loop spin without a wait, sending to dead peers until memory ran
+            # out: tests/test_launch.py's churn run in a fresh clone)
             live = self.neighbours - self.suspect - finished
-            return ({j for j in live if j not in known}
-                    | set().union(*reported.values())) - set(known) - gone
+            heard = set().union(*(reported[j] for j in live if j in reported))
+            return ({j for j in live if j not in known} | heard) - set(known) - gone
         # a neighbour that reached the merge first has flooded for a while: start at its step,
         # so that this peer's messages are the ones it waits for (earlier ones count as late)
         step = max((k[2] for k in self.inbox if k[0] == "merge"), default=0)
