@@ -391,30 +391,28 @@ class TrustStore:
                       signature: bytes, credential: bytes) -> None:
         """AuthError unless ``signature`` is ``origin``'s own over its merge model of
         ``round_index``; a relay cannot invent or alter a member this way."""
-        if self.mode == "modelled":
-            return
-        if len(signature) != SIGNATURE_SIZE:
-            raise AuthError(401, "merge model without its origin's signature")
-        key = self.key_for(origin, credential)
-        try:
-            key.verify(bytes(signature), _merge_statement(origin, round_index, vector))
-        except InvalidSignature:
-            raise AuthError(401, "bad origin signature on a merge model") from None
-
+        self._verify_own(origin, credential, signature,
+                         _merge_statement(origin, round_index, vector), "a merge model")
 
     def verify_descriptor(self, peer: int, url: str, issued: int, signature: bytes,
                           credential: bytes) -> None:
         """AuthError unless ``signature`` is ``peer``'s own over (url, issued) and this store
         accepts ``peer``'s credential (listed key, authority certificate, or open-mode pin)."""
+        self._verify_own(peer, credential, signature, _descriptor_statement(peer, url, issued),
+                         "a view entry")
+
+    def _verify_own(self, peer: int, credential: bytes, signature: bytes, statement: bytes,
+                    what: str) -> None:
+        """``peer``'s own signature over ``statement``, relayed by someone else (merge models,
+        view entries); nothing is checked in modelled mode."""
         if self.mode == "modelled":
             return
         if len(signature) != SIGNATURE_SIZE:
-            raise AuthError(401, "view entry without its peer's signature")
-        key = self.key_for(peer, credential)
+            raise AuthError(401, f"{what} without its peer's signature")
         try:
-            key.verify(bytes(signature), _descriptor_statement(peer, url, issued))
+            self.key_for(peer, credential).verify(bytes(signature), statement)
         except InvalidSignature:
-            raise AuthError(401, "bad signature on a view entry") from None
+            raise AuthError(401, f"bad signature on {what}") from None
 
 
 def _certified_key(raw: bytes) -> bytes | None:

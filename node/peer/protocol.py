@@ -730,13 +730,18 @@ class Peer:
         deadline = self._now() + self.config.gossip.deadline_ceiling_s
         while self._ahead(round_index) and not self._stop:
             left = deadline - self._now()
-            if left <= 1e-6:
+            if left <= 1e-6 or not await self._next_arrival(left):
                 break
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), left)
-            except asyncio.TimeoutError:
-                break
+
+    async def _next_arrival(self, left: float) -> bool:
+        """Wait up to ``left`` seconds for the next message (or claim, or stop); False on
+        timeout."""
+        self._arrived.clear()
+        try:
+            await asyncio.wait_for(self._arrived.wait(), left)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     def _lagging(self, round_index: int) -> bool:
         """True when most of the neighbourhood is two or more rounds ahead: they finished round
@@ -767,11 +772,7 @@ class Peer:
             if not waiting or left <= 0 or self._stop or \
                     (key[0] == "model" and self._lagging(key[1])):
                 break
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), left)
-            except asyncio.TimeoutError:
-                pass
+            await self._next_arrival(left)
         elapsed = self._now() - start
         self.wait_times.append(elapsed)
         if waiting and left <= 0:
