@@ -389,7 +389,8 @@ class RunSection(Section):
                                      "[model] factory and [data] loader (a config file's own "
                                      "folder is added when it is read)")
     device: Annotated[str, OneOf(lambda: ("cpu", "cuda"))] = setting(
-        "cpu", "where the model trains", tools=("peer",))
+        "cpu", "where the models train: cpu or cuda (a GPU; the simulator's reference and "
+        "batched engines keep data, models and mixing matrices there)", tools=("peer", "sim"))
     quiet: bool = setting(False, "no progress line and no final table", tools=EXPERIMENT)
 
 

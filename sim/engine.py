@@ -123,13 +123,25 @@ class Simulation:
         parts = [torch.zeros(0, dtype=torch.int64)] * count
         for holder, shard in zip(holders, shards, strict=True):
             parts[holder] = shard
-        learners = [learner_for(config, i, data=data, shard=idx, factory=model_factory,
-                                attack=attack if i in adversaries else None)
-                    for i, idx in enumerate(parts)]
+        learners = cls._make_learners(config, parts, data=data, factory=model_factory,
+                                      attack=attack, adversaries=adversaries)
         timeline = Timeline(list(events), derive_seed(seed, "events")) if events else None
-        return cls(config, topology, learners, data.x_test, data.y_test, list(observers),
+        device = config.run.device
+        return cls(config, topology, learners, data.x_test.to(device), data.y_test.to(device),
+                   list(observers),
                    alive=set(owner), owner=owner, attack=attack, timeline=timeline,
                    data_holders=set(holders), dataset=data)
+
+    @classmethod
+    def _make_learners(cls, config: SimConfig, parts: Sequence[torch.Tensor], *, data: Dataset,
+                       factory: Callable[..., Any] | None, attack: Attack | None,
+                       adversaries: Sequence[int]) -> list[Learner]:
+        """One learner per graph node, on ``[run] device`` (the distributed batched engine,
+        sim/distributed.py, builds only its own rank's)."""
+        return [learner_for(config, i, data=data, shard=idx, factory=factory,
+                            attack=attack if i in adversaries else None,
+                            device=config.run.device)
+                for i, idx in enumerate(parts)]
 
     @property
     def algorithm(self):
@@ -270,6 +282,10 @@ class Simulation:
         """Test accuracy of each of ``peers`` (the batched engine evaluates them together)."""
         return {i: self.learners[i].accuracy(self.x_test, self.y_test) for i in peers}
 
+    def consensus(self, peers: Sequence[int]) -> float:
+        """Consensus distance of ``peers``' parameters (docs/algorithms.md §0.1)."""
+        return consensus_distance([self.learners[i].params for i in peers])
+
     def evaluate(self, round_index: int, graph: nx.Graph, losses: dict[int, float]
                  ) -> dict[str, Any]:
         alive = self.honest
@@ -282,7 +298,7 @@ class Simulation:
             "mean_acc": float(np.mean(values)),
             "min_acc": float(np.min(values)),
             "max_acc": float(np.max(values)),
-            "consensus_distance": consensus_distance([self.learners[i].params for i in alive]),
+            "consensus_distance": self.consensus(alive),
             "merged_acc": self.merged_accuracy(graph, components),
             "train_loss": float(np.mean(trained)) if trained else None,
             "alive": len(alive),
