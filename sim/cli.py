@@ -2,10 +2,13 @@
 
 Every flag comes from the schema (``node.config.SimConfig``): the sections [graph], [run],
 [sim], [data], [model], [algorithm], [gossip], [mixing] and [attack], one flag per key.
+Started by torchrun (``torchrun --nproc-per-node 2 -m sim --engine batched ...``), the batched
+engine runs over the ranks (sim.distributed); ``--device cuda`` runs on a GPU.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -19,7 +22,8 @@ from node.schema import (
     config_from_command_line,
     read_config_file,
 )
-from sim.batched import build_simulation
+from sim.batched import build_simulation, device_refusal
+from sim.distributed import distributed_refusal, env_world_size, rank, start, stop
 from sim.report import MetricsWriter, ProgressBar, summary_table
 from sim.scenario import EVENT_KINDS, Event, load_scenario
 from topology import TopologyError
@@ -72,16 +76,34 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, list[Event
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sim``; under torchrun (WORLD_SIZE > 1) every rank runs this, the batched
+    engine shards its rows over the ranks (sim.distributed), and only rank 0 writes and prints."""
     config, events = parse_args(argv)
     torch.set_num_threads(config.run.threads)
+    distributed = env_world_size() > 1
+    reason = device_refusal(config) or (distributed_refusal(config) if distributed else None)
+    if reason:
+        if not distributed or os.environ.get("RANK", "0") == "0":
+            print(f"python -m sim: error: {reason}", file=sys.stderr)
+        return 2
+    if not distributed:
+        return _run(config, events, lead=True)
+    start(config.run.device)
     try:
-        sim = build_simulation(
-            config, [MetricsWriter(config.out), ProgressBar(disable=config.run.quiet)], events)
+        return _run(config, events, lead=rank() == 0)
+    finally:
+        stop()
+
+
+def _run(config: SimConfig, events: list[Event], *, lead: bool) -> int:
+    observers = [MetricsWriter(config.out), ProgressBar(disable=config.run.quiet)] if lead else []
+    try:
+        sim = build_simulation(config, observers, events)
     except (ValueError, TopologyError, ConfigError) as exc:
         print(f"python -m sim: error: {exc}", file=sys.stderr)
         return 2
     summary = sim.run()
-    if not config.run.quiet:
+    if lead and not config.run.quiet:
         print(summary_table(summary))
         print(f"\nwrote {config.out}/metrics.jsonl, summary.json, accuracy.png")
     return 0
