@@ -4,6 +4,7 @@ wherever a config is built, and the simulator and the peer building the same lea
 import argparse
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 import typing
@@ -248,6 +249,17 @@ def test_each_engine_gives_the_metrics_recorded_before_the_schema_change(engine)
                    "acc_largest")
         rows[2:] = [{k: v for k, v in r.items() if k not in changed} for r in rows[2:]]
         golden[2:] = [{k: v for k, v in r.items() if k not in changed} for r in golden[2:]]
+    if engine == "batched":  # its contract is float rounding (tests/test_batched.py), and since
+        # the profiling issue it sums in other orders (CSR W X, float64 accuracies and merge)
+        assert len(rows) == len(golden)
+        for row, old in zip(rows, golden, strict=True):
+            assert row.keys() == old.keys()
+            for key, value in old.items():
+                if isinstance(value, float):
+                    assert math.isclose(row[key], value, rel_tol=1e-6), (row["round"], key)
+                else:
+                    assert row[key] == value, (row["round"], key)
+        return
     assert rows == golden
 
 
