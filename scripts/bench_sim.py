@@ -1,27 +1,51 @@
-"""Seconds per round of the batched and the reference engine, against the compute bound.
+"""Seconds per round of the batched and the reference engine, against the compute bound; one
+process against torchrun ranks; and, where a GPU is lent, the batched engine on it.
 
-For each n (default 64, 256, 1024, 4096) on a random 4-regular graph with DFedAvg (K=5, Q=1)
-and an MLP, it times in one run, side by side: a round of the batched engine (local steps for all
-peers + gossip), a round of the reference engine (up to ``--reference-max`` peers), and the
-compute bound: the same number of samples pushed forward and backward through one model in one
-batch, K times. The sizes use LEAF synthetic data (every peer holds data at every n; digits has
-only 1,347 training images). Then the headline run: 1024 peers, 100 rounds of the digits MLP
-with the batched engine, end to end. Ends with one JSON line.
+1. For each n (default 64, 256, 1024, 4096) on a random 4-regular graph with DFedAvg (K=5, Q=1)
+   and an MLP, it times in one run, side by side: a round of the batched engine (local steps for
+   all peers + gossip), the same round as the batched engine did it before the profiling issue
+   (``BeforeProfiling``: a Python sampler call per peer and step, 2-D advanced indexing, an
+   assembled (n, D) gradient matrix, COO W X), a round of the reference engine (up to
+   ``--reference-max`` peers), and the compute bound: the same number of samples pushed forward
+   and backward through one model in one batch, K times. The sizes use LEAF synthetic data
+   (every peer holds data at every n; digits has only 1,347 training images).
+2. ``python -m sim --engine batched`` end to end at ``--dist-nodes`` peers: one process with one
+   thread, one process with ``--dist-ranks`` threads, and ``torchrun --nproc-per-node
+   --dist-ranks`` gloo ranks of one thread each, on this machine (seconds per round as the run
+   reports them, and wall seconds with start-up and build).
+3. Where CUDA is available: seconds per round of the batched engine on the GPU for a digits-shaped
+   MLP (8x8 inputs, 10 classes) and a CIFAR-shaped CNN (3x32x32 inputs), n = 1024 ... 65,536
+   peers, then doubling n until the GPU runs out of memory (the largest n that fits). The data are
+   random tensors of those shapes (no downloads), 16 samples per peer. Without CUDA the section
+   says so and its figures are null, with the reason.
+4. The headline run: 1024 peers, 100 rounds of the digits MLP with the batched engine.
+
+Ends with one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from node.learning import build_model
+from node.learning import Dataset, build_model
+from node.learning.training import sgd_step
 from sim import SimConfig, Simulation, format_table
 from sim.batched import BatchedSimulation
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(fn, repeats: int) -> float:
@@ -30,6 +54,60 @@ def timed(fn, repeats: int) -> float:
     for _ in range(repeats):
         fn()
     return (time.perf_counter() - start) / repeats
+
+
+class BeforeProfiling(BatchedSimulation):
+    """The batched round as it was before the profiling issue, kept here to measure the change
+    side by side (same arithmetic; see docs/results.md): each peer's ``BatchSampler.next`` called
+    from Python, minibatches gathered by 2-D advanced indexing, the gradient assembled into an
+    (n, D) matrix before one ``sgd_step`` on all rows, and W X as a COO product with the links
+    counted over the graph's edges every gossip step."""
+
+    def _old_minibatches(self, peers: list[int]):
+        picks = [self.learners[i].trainer.sampler.next() for i in peers]
+        offsets = torch.tensor(np.cumsum([0] + [len(lr.trainer.y) for lr in self.learners]
+                                         )[:-1])[peers]
+        index = torch.stack(picks) + offsets[:, None]
+        return self._x_all[index], self._y_all[index]
+
+    def _old_gradients(self, rows, xb, yb):
+        rows = rows.detach().requires_grad_(True)
+        params = {s.name: rows[:, s.start:s.stop].view(len(rows), *s.shape)
+                  for s in self._layout}
+        per_sample = F.cross_entropy(self._forward(params, xb).flatten(0, 1), yb.flatten(),
+                                     reduction="none").view_as(yb)
+        losses = per_sample.mean(dim=1)
+        grads = torch.autograd.grad(losses.sum(), list(params.values()))
+        grad = torch.empty_like(rows)
+        for s, g in zip(self._layout, grads, strict=True):
+            grad[:, s.start:s.stop] = g.reshape(len(rows), -1)
+        return grad, losses.detach()
+
+    def local_updates(self, round_index: int) -> dict[int, float]:
+        peers = sorted(self.alive)
+        cfg = self.learners[0].trainer.config
+        total = torch.zeros(len(peers), dtype=torch.float64)
+        for _ in range(cfg.local_steps):
+            xb, yb = self._old_minibatches(peers)
+            grad, loss = self._old_gradients(self.X, xb, yb)
+            total += loss.to(torch.float64)
+            with torch.no_grad():
+                sgd_step(self.X, grad, self.M, lr=cfg.lr_at(round_index),
+                         momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                         dampening=cfg.dampening)
+        return dict(zip(peers, (total / cfg.local_steps).tolist(), strict=True))
+
+    def gossip_step(self, graph, round_index: int = 0) -> None:
+        n = len(self.learners)
+        if getattr(self, "_old_w", (None,))[0] is not graph:  # cached per graph, as it was
+            rows, cols, vals, _ = self._weights(graph)
+            self._old_w = (graph, torch.sparse_coo_tensor(
+                np.stack([rows, cols]), vals, (n, n), dtype=self.X.dtype,
+                check_invariants=True).coalesce())
+        W = self._old_w[1]
+        links = sum(1 for a, b in graph.edges if a in self.alive and b in self.alive)
+        self.traffic.messages += 2 * links
+        self.X.copy_(torch.sparse.mm(W, self.X))
 
 
 def compute_bound(sim: Simulation, repeats: int) -> float:
@@ -60,14 +138,157 @@ def round_seconds(sim: Simulation, repeats: int) -> float:
         sim.local_updates(1)
         for _ in range(sim.algorithm.gossip_steps):
             sim.gossip_step(graph)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
 
     return timed(one_round, repeats)
 
 
-def config_for(n: int, engine: str, dataset: str, rounds: int = 1) -> SimConfig:
+def config_for(n: int, engine: str, dataset: str, rounds: int = 1, **extra) -> SimConfig:
     return SimConfig.of(nodes=n, topology="random-regular", degree=4, algorithm="dfedavg",
-                     rounds=rounds, dataset=dataset, partition="iid", seed=0, engine=engine,
-                     eval_every=rounds, final_merge=False)
+                        rounds=rounds, dataset=dataset, partition="iid", seed=0, engine=engine,
+                        eval_every=rounds, final_merge=False, **extra)
+
+
+def engine_table(args) -> list[dict]:
+    """Section 1: batched (now and before the profiling issue), reference, compute bound."""
+    results = []
+    for n in args.sizes:
+        batched = BatchedSimulation.from_config(config_for(n, "batched", args.dataset))
+        row = {"n": n, "batched_s": round_seconds(batched, args.repeats),
+               "bound_s": compute_bound(batched, args.repeats), "reference_s": None}
+        del batched
+        before = BeforeProfiling.from_config(config_for(n, "batched", args.dataset))
+        row["before_s"] = round_seconds(before, args.repeats)
+        del before
+        if n <= args.reference_max:
+            reference = Simulation.from_config(config_for(n, "reference", args.dataset))
+            row["reference_s"] = round_seconds(reference, 1)
+            del reference
+        results.append(row)
+        print(f"n={n} done", file=sys.stderr, flush=True)
+    print(format_table(
+        ["n", "batched s/round", "before s/round", "reference s/round", "bound s",
+         "batched/bound", "before/bound", "reference/batched"],
+        [[r["n"], r["batched_s"], r["before_s"], r["reference_s"] or "-", r["bound_s"],
+          f"{r['batched_s'] / r['bound_s']:.1f}x", f"{r['before_s'] / r['bound_s']:.1f}x",
+          f"{r['reference_s'] / r['batched_s']:.0f}x" if r["reference_s"] else "-"]
+         for r in results]))
+    return results
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sim_run(launcher: list[str], flags: list[str], out: Path, threads: int) -> dict:
+    """Run ``python -m sim`` (under ``launcher``) and return its summary plus the wall time."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    start = time.perf_counter()
+    subprocess.run([*launcher, "-m", "sim", *flags, "--threads", str(threads), "--out",
+                    str(out)], cwd=ROOT, env=env, check=True, timeout=1800,
+                   stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    summary = json.loads((out / "summary.json").read_text())
+    return {"seconds_per_round": summary["seconds_per_round"], "wall_s": round(wall, 2),
+            "mean_acc": summary["mean_acc"]}
+
+
+def distributed_table(args) -> dict:
+    """Section 2: one process (1 and R threads) against R gloo ranks, end to end."""
+    n, rounds, ranks = args.dist_nodes, args.dist_rounds, args.dist_ranks
+    flags = ["--engine", "batched", "--nodes", str(n), "--topology", "random-regular",
+             "--degree", "4", "--algorithm", "dfedavg", "--dataset", args.dataset,
+             "--partition", "iid", "--rounds", str(rounds), "--eval-every", str(rounds),
+             "--seed", "0", "--quiet"]
+    python = [sys.executable]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
+                "--master-addr", "127.0.0.1", "--master-port", str(free_port())]
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {"one_process_1_thread": sim_run(python, flags, Path(tmp, "a"), 1),
+                f"one_process_{ranks}_threads": sim_run(python, flags, Path(tmp, "b"), ranks),
+                f"{ranks}_gloo_ranks": sim_run(torchrun, flags, Path(tmp, "c"), 1)}
+    print(f"\npython -m sim --engine batched, {n} peers x {rounds} rounds ({args.dataset}, "
+          f"evaluated once), on {os.cpu_count()} cores:")
+    print(format_table(["run", "s/round", "wall s (start-up and build included)", "mean acc"],
+                       [[k, v["seconds_per_round"], v["wall_s"], round(v["mean_acc"], 4)]
+                        for k, v in runs.items()]))
+    return {"nodes": n, "rounds": rounds, "ranks": ranks, "runs": runs}
+
+
+class CifarCNN(nn.Module):
+    """A CIFAR-shaped CNN without BatchNorm (the batched engine refuses buffers): two 3x3
+    convolutions with pooling and a linear head, about 26k parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                                      nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1),
+                                      nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Linear(32 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.view(-1, 3, 32, 32)).flatten(1))
+
+
+def shaped_data(n: int, shape: tuple[int, ...], per_peer: int = 16) -> Dataset:
+    """Random samples of ``shape`` with random labels: n * per_peer to train, 512 to test."""
+    g = torch.Generator().manual_seed(0)
+    total = n * per_peer
+    return Dataset(f"random{shape}", torch.randn(total, *shape, generator=g),
+                   torch.randint(0, 10, (total,), generator=g),
+                   torch.randn(512, *shape, generator=g),
+                   torch.randint(0, 10, (512,), generator=g), 10)
+
+
+def gpu_seconds(n: int, model: str, repeats: int) -> dict:
+    """Build the batched engine on the GPU at n peers and time a round."""
+    shape = (64,) if model == "mlp" else (3, 32, 32)
+    config = SimConfig.of(nodes=n, topology="random-regular", degree=4, algorithm="dfedavg",
+                          rounds=1, partition="iid", seed=0, engine="batched", device="cuda",
+                          final_merge=False, model="mlp")
+    start = time.perf_counter()
+    sim = BatchedSimulation.from_config(
+        config, data=shaped_data(n, shape), model_factory=CifarCNN if model == "cnn" else None)
+    build = time.perf_counter() - start
+    seconds = round_seconds(sim, repeats)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    del sim
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return {"n": n, "s_per_round": round(seconds, 4), "build_s": round(build, 1),
+            "peak_gib": round(peak, 2)}
+
+
+def gpu_table(args) -> dict:
+    """Section 3 (only with CUDA): seconds per round on the GPU and the largest n that fits."""
+    if not torch.cuda.is_available():
+        reason = "no CUDA GPU on this machine (torch.cuda.is_available() is False)"
+        print(f"\nGPU section skipped: {reason}")
+        return {"available": False, "reason": reason, "mlp": None, "cnn": None,
+                "largest_n": None}
+    out = {"available": True, "reason": None, "device": torch.cuda.get_device_name(),
+           "largest_n": {}}
+    for model in ("mlp", "cnn"):
+        rows, n, fits = [], args.gpu_sizes[0], None
+        while n <= args.gpu_max_nodes:
+            try:
+                rows.append(gpu_seconds(n, model, args.repeats))
+                fits = n
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                break
+            print(f"gpu {model} n={n}: {rows[-1]}", file=sys.stderr, flush=True)
+            bigger = [s for s in args.gpu_sizes if s > n]
+            n = bigger[0] if bigger else 2 * n
+        out[model], out["largest_n"][model] = rows, fits
+        print(f"\nGPU ({out['device']}), {model}: seconds per round")
+        print(format_table(["n", "s/round", "build s", "peak GiB"],
+                           [[r["n"], r["s_per_round"], r["build_s"], r["peak_gib"]]
+                            for r in rows]))
+    return out
 
 
 def main(argv=None) -> int:
@@ -78,30 +299,20 @@ def main(argv=None) -> int:
                    help="largest n timed with the reference engine")
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dist-nodes", type=int, default=1024)
+    p.add_argument("--dist-rounds", type=int, default=10)
+    p.add_argument("--dist-ranks", type=int, default=2)
+    p.add_argument("--gpu-sizes", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
+    p.add_argument("--gpu-max-nodes", type=int, default=262144,
+                   help="stop doubling n on the GPU here even if it still fits")
     p.add_argument("--headline-nodes", type=int, default=1024)
     p.add_argument("--headline-rounds", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = []
-    for n in args.sizes:
-        batched = BatchedSimulation.from_config(config_for(n, "batched", args.dataset))
-        row = {"n": n, "batched_s": round_seconds(batched, args.repeats),
-               "bound_s": compute_bound(batched, args.repeats), "reference_s": None}
-        del batched
-        if n <= args.reference_max:
-            reference = Simulation.from_config(config_for(n, "reference", args.dataset))
-            row["reference_s"] = round_seconds(reference, 1)
-            del reference
-        results.append(row)
-        print(f"n={n} done", file=sys.stderr, flush=True)
-    print(format_table(
-        ["n", "batched s/round", "reference s/round", "bound s", "batched/bound",
-         "reference/batched"],
-        [[r["n"], r["batched_s"], r["reference_s"] or "-", r["bound_s"],
-          f"{r['batched_s'] / r['bound_s']:.1f}x",
-          f"{r['reference_s'] / r['batched_s']:.0f}x" if r["reference_s"] else "-"]
-         for r in results]))
+    results = engine_table(args)
+    distributed = distributed_table(args)
+    gpu = gpu_table(args)
     start = time.perf_counter()
     headline = BatchedSimulation.from_config(
         config_for(args.headline_nodes, "batched", "digits", args.headline_rounds)).run()
@@ -112,10 +323,14 @@ def main(argv=None) -> int:
     print(json.dumps({
         "threads": args.threads, "dataset": args.dataset,
         "batched_s_per_round": {str(r["n"]): round(r["batched_s"], 4) for r in results},
+        "before_s_per_round": {str(r["n"]): round(r["before_s"], 4) for r in results},
         "reference_s_per_round": {str(r["n"]): round(r["reference_s"], 4) for r in results
                                   if r["reference_s"]},
         "batched_to_bound": {str(r["n"]): round(r["batched_s"] / r["bound_s"], 2)
                              for r in results},
+        "before_to_bound": {str(r["n"]): round(r["before_s"] / r["bound_s"], 2)
+                            for r in results},
+        "distributed": distributed, "gpu": gpu,
         "headline_wall_s": round(wall, 1), "headline_nodes": args.headline_nodes,
         "headline_rounds": args.headline_rounds}))
     return 0
