@@ -3,7 +3,7 @@
 ``BatchedSimulation`` is a ``Simulation`` whose learners' flat parameters and momentum buffers
 are bound to rows of (n, D) matrices (``FlatModel.bind``). Events, roles, the metrics' definitions
 and the reports are the reference engine's; the hot loops and the reductions over peers are
-replaced by matrix code (docs/algorithms.md §8):
+replaced by matrix code (docs/algorithms.md §10):
 
 * local steps for all training peers at once: ``RowSampler`` draws every peer's minibatch from
   that peer's own generator (the same random streams as the reference engine's ``BatchSampler``,
@@ -130,7 +130,7 @@ class RowSampler:
     ``BatchSampler.next`` exactly: a peer draws a new ``randperm`` of its shard with its own
     generator whenever fewer than a batch of unseen samples remain. Orders live in one padded
     (m, max shard) matrix, so a step is one gather plus a ``randperm`` for the peers that start
-    a new epoch, instead of m Python calls (docs/algorithms.md §8.2). Bookkeeping stays on the
+    a new epoch, instead of m Python calls (docs/algorithms.md §10). Bookkeeping stays on the
     CPU (the generators are CPU generators); only the index matrix goes to the device.
     """
 
@@ -172,7 +172,7 @@ class RowSampler:
 
 @dataclass
 class GossipPlan:
-    """This round's W restricted to the owned rows (docs/algorithms.md §8.3): ``own`` (m, m) over
+    """This round's W restricted to the owned rows (docs/algorithms.md §10): ``own`` (m, m) over
     the owned columns and ``halo`` (m, h) over the h remote rows that owned rows' neighbours hold;
     ``send[r]`` / ``recv[r]``: owned row indices rank r needs, and how many rows it sends."""
 
@@ -258,7 +258,9 @@ class BatchedSimulation(Simulation):
 
     def _index(self, peers: Sequence[int]) -> torch.Tensor:
         """Row indices of owned ``peers`` in X, on the device."""
-        return torch.tensor(peers, dtype=torch.int64, device=self.device) - self.rows.lo
+        # built on the host and copied without waiting for the device's queue
+        return torch.tensor(peers, dtype=torch.int64).to(self.device, non_blocking=True) - \
+            self.rows.lo
 
     # -- local steps ---------------------------------------------------------------------------
 
@@ -307,7 +309,7 @@ class BatchedSimulation(Simulation):
         loss_sum = torch.zeros(2, self.rows.n, dtype=torch.float64, device=self.device)
         if peers:
             mean = self._train(peers, round_index)
-            index = torch.tensor(peers, dtype=torch.int64, device=self.device)
+            index = self._index(peers) + self.rows.lo
             loss_sum[0, index] = mean
             loss_sum[1, index] = 1.0
         values, trained = self.rows.all_sum(loss_sum).cpu().tolist()
@@ -429,7 +431,7 @@ class BatchedSimulation(Simulation):
 
     def gossip_step(self, graph: nx.Graph, round_index: int = 0) -> None:
         """X <- W X over the owned rows: the owned part of the product runs while the halo rows
-        travel (docs/algorithms.md §8.3)."""
+        travel (docs/algorithms.md §10)."""
         plan = self.gossip_plan(graph)
         self.traffic.messages += 2 * plan.links
         self.traffic.bytes_sent += 2 * plan.links * encoded_size(self.model_size)

@@ -2,7 +2,7 @@
 
 Started by torchrun (``torchrun --nproc-per-node 2 -m sim --engine batched ...``, on one machine
 or several), which sets WORLD_SIZE, RANK and LOCAL_RANK. Rank r owns the contiguous block of rows
-``block_bounds(n, world)[r]`` (docs/design.md, docs/algorithms.md §8.4):
+``block_bounds(n, world)[r]`` (docs/design.md, docs/algorithms.md §10):
 
 * it builds learners, data shards, samplers and the rows X, M only for its own peers, so no rank
   holds the full (n, D) matrices. What every rank holds whole is small or is the input every
