@@ -371,6 +371,14 @@ class BatchedSimulation(Simulation):
         cols = np.concatenate([edges[:, 1], edges[:, 0], everyone])
         return rows, cols, np.concatenate([w, w, diagonal]), len(edges)
 
+    def mixing_matrix(self, graph: nx.Graph) -> torch.Tensor:
+        """This round's full W over all n rows (sparse COO, for inspection; gossip uses
+        :meth:`gossip_plan`'s blocks of it)."""
+        rows, cols, vals, _ = self._weights(graph)
+        n = self.rows.n
+        return torch.sparse_coo_tensor(np.stack([rows, cols]), vals, (n, n), dtype=self.X.dtype,
+                                       check_invariants=True).coalesce()
+
     def _csr(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int]
              ) -> torch.Tensor:
         order = np.lexsort((cols, rows))
