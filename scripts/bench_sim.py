@@ -8,11 +8,14 @@ process against torchrun ranks; and, where a GPU is lent, the batched engine on 
    assembled (n, D) gradient matrix, COO W X), a round of the reference engine (up to
    ``--reference-max`` peers), and the compute bound: the same number of samples pushed forward
    and backward through one model in one batch, K times. The sizes use LEAF synthetic data
-   (every peer holds data at every n; digits has only 1,347 training images).
-2. ``python -m sim --engine batched`` end to end at ``--dist-nodes`` peers: one process with one
-   thread, one process with ``--dist-ranks`` threads, and ``torchrun --nproc-per-node
-   --dist-ranks`` gloo ranks of one thread each, on this machine (seconds per round as the run
-   reports them, and wall seconds with start-up and build).
+   (every peer holds data at every n; digits has only 1,347 training images). The three are
+   called in turn and each figure is the fastest of ``--repeats`` (a shared machine only ever
+   adds time).
+2. The batched engine at ``--dist-nodes`` peers: one process with one thread, one process with
+   ``--dist-ranks`` threads, and ``torchrun --nproc-per-node --dist-ranks`` gloo ranks of one
+   thread each on this machine (each a ``--worker`` process of this script): the fastest of
+   ``--dist-rounds`` rounds, how many halo rows a rank receives per gossip step, and the wall time
+   with start-up and build.
 3. Where CUDA is available: seconds per round of the batched engine on the GPU for a digits-shaped
    MLP (8x8 inputs, 10 classes) and a CIFAR-shaped CNN (3x32x32 inputs), n = 1024 ... 65,536
    peers, then doubling n until the GPU runs out of memory (the largest n that fits). The data are
@@ -31,8 +34,8 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +52,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(fn, repeats: int) -> float:
+    """The fastest of ``repeats`` calls after a warm-up: the machine may be shared, and other
+    processes only ever add time."""
     fn()  # warm-up
-    start = time.perf_counter()
+    best = float("inf")
     for _ in range(repeats):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / repeats
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def interleaved(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """The fastest call of each of ``fns``, called in turn ``repeats`` times after a warm-up, so
+    that load from other processes falls on all of them alike."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 class BeforeProfiling(BatchedSimulation):
@@ -110,9 +131,9 @@ class BeforeProfiling(BatchedSimulation):
         self.X.copy_(torch.sparse.mm(W, self.X))
 
 
-def compute_bound(sim: Simulation, repeats: int) -> float:
-    """Seconds for K forward+backward passes of all the round's minibatch samples through one
-    model in one batch."""
+def compute_bound(sim: Simulation) -> Callable[[], None]:
+    """K forward+backward passes of all the round's minibatch samples through one model in one
+    batch."""
     learners = sim.learners
     samples = sum(min(lr.trainer.config.batch_size, lr.num_samples) for lr in learners)
     x = torch.cat([lr.trainer.x for lr in learners])
@@ -128,20 +149,21 @@ def compute_bound(sim: Simulation, repeats: int) -> float:
             model.grad.zero_()
             F.cross_entropy(model.module(xb), yb).backward()
 
-    return timed(once, repeats)
+    return once
 
 
-def round_seconds(sim: Simulation, repeats: int) -> float:
+def one_round(sim: Simulation) -> Callable[[], None]:
+    """A round's local steps and gossip (no evaluation)."""
     graph = sim.topology.graph_at(0)
 
-    def one_round():
+    def once():
         sim.local_updates(1)
         for _ in range(sim.algorithm.gossip_steps):
             sim.gossip_step(graph)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
 
-    return timed(one_round, repeats)
+    return once
 
 
 def config_for(n: int, engine: str, dataset: str, rounds: int = 1, **extra) -> SimConfig:
@@ -155,15 +177,14 @@ def engine_table(args) -> list[dict]:
     results = []
     for n in args.sizes:
         batched = BatchedSimulation.from_config(config_for(n, "batched", args.dataset))
-        row = {"n": n, "batched_s": round_seconds(batched, args.repeats),
-               "bound_s": compute_bound(batched, args.repeats), "reference_s": None}
-        del batched
         before = BeforeProfiling.from_config(config_for(n, "batched", args.dataset))
-        row["before_s"] = round_seconds(before, args.repeats)
-        del before
+        times = interleaved({"batched_s": one_round(batched), "before_s": one_round(before),
+                             "bound_s": compute_bound(batched)}, args.repeats)
+        row = {"n": n, **times, "reference_s": None}
+        del batched, before
         if n <= args.reference_max:
             reference = Simulation.from_config(config_for(n, "reference", args.dataset))
-            row["reference_s"] = round_seconds(reference, 1)
+            row["reference_s"] = timed(one_round(reference), 1)
             del reference
         results.append(row)
         print(f"n={n} done", file=sys.stderr, flush=True)
@@ -183,39 +204,79 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def sim_run(launcher: list[str], flags: list[str], out: Path, threads: int) -> dict:
-    """Run ``python -m sim`` (under ``launcher``) and return its summary plus the wall time."""
+def dist_config(args) -> SimConfig:
+    return config_for(args.dist_nodes, "batched", args.dataset, args.dist_rounds)
+
+
+def worker(args) -> int:
+    """``--worker``: this process's part of section 2, started alone or by torchrun. It builds
+    the batched engine (distributed when WORLD_SIZE > 1), times ``--dist-rounds`` rounds of
+    local steps and gossip (no evaluation: on LEAF synthetic one evaluation of every peer costs
+    more than the rounds), and rank 0 prints one JSON line."""
+    from sim import distributed
+    from sim.batched import build_simulation
+
+    torch.set_num_threads(args.threads)
+    ranks = distributed.env_world_size()
+    if ranks > 1:
+        distributed.start("cpu")
+    try:
+        start = time.perf_counter()
+        sim = build_simulation(dist_config(args))
+        build = time.perf_counter() - start
+        graph, steps = sim.topology.graph_at(0), sim.algorithm.gossip_steps
+        sim.local_updates(0)  # warm-up
+        best = float("inf")
+        for t in range(args.dist_rounds):
+            if ranks > 1:
+                torch.distributed.barrier()
+            start = time.perf_counter()
+            sim.local_updates(t)
+            for _ in range(steps):
+                sim.gossip_step(graph)
+            if ranks > 1:
+                torch.distributed.barrier()
+            best = min(best, time.perf_counter() - start)
+        halo = sum(sim.gossip_plan(graph).recv.values())
+        consensus = sim.consensus(sorted(sim.alive))
+        if distributed.rank() == 0:
+            print(json.dumps({"s_per_round": round(best, 4), "build_s": round(build, 2),
+                              "halo_rows": halo, "rows_per_rank": len(sim.X),
+                              "consensus_distance": consensus}))
+    finally:
+        distributed.stop()
+    return 0
+
+
+def worker_run(launcher: list[str], args, threads: int) -> dict:
+    """Run ``--worker`` under ``launcher``; its JSON line plus the wall time."""
+    flags = ["--worker", "--dist-nodes", str(args.dist_nodes), "--dist-rounds",
+             str(args.dist_rounds), "--dataset", args.dataset, "--threads", str(threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()
-    subprocess.run([*launcher, "-m", "sim", *flags, "--threads", str(threads), "--out",
-                    str(out)], cwd=ROOT, env=env, check=True, timeout=1800,
-                   stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
-    summary = json.loads((out / "summary.json").read_text())
-    return {"seconds_per_round": summary["seconds_per_round"], "wall_s": round(wall, 2),
-            "mean_acc": summary["mean_acc"]}
+    done = subprocess.run([*launcher, str(Path(__file__).resolve()), *flags], cwd=ROOT,
+                          env={**env, "PYTHONPATH": str(ROOT)}, check=True, timeout=1800,
+                          capture_output=True, text=True)
+    line = [x for x in done.stdout.splitlines() if x.startswith("{")][-1]
+    return {**json.loads(line), "wall_s": round(time.perf_counter() - start, 2)}
 
 
 def distributed_table(args) -> dict:
-    """Section 2: one process (1 and R threads) against R gloo ranks, end to end."""
-    n, rounds, ranks = args.dist_nodes, args.dist_rounds, args.dist_ranks
-    flags = ["--engine", "batched", "--nodes", str(n), "--topology", "random-regular",
-             "--degree", "4", "--algorithm", "dfedavg", "--dataset", args.dataset,
-             "--partition", "iid", "--rounds", str(rounds), "--eval-every", str(rounds),
-             "--seed", "0", "--quiet"]
-    python = [sys.executable]
+    """Section 2: one process (1 and R threads) against R gloo ranks of one thread each."""
+    ranks = args.dist_ranks
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
                 "--master-addr", "127.0.0.1", "--master-port", str(free_port())]
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = {"one_process_1_thread": sim_run(python, flags, Path(tmp, "a"), 1),
-                f"one_process_{ranks}_threads": sim_run(python, flags, Path(tmp, "b"), ranks),
-                f"{ranks}_gloo_ranks": sim_run(torchrun, flags, Path(tmp, "c"), 1)}
-    print(f"\npython -m sim --engine batched, {n} peers x {rounds} rounds ({args.dataset}, "
-          f"evaluated once), on {os.cpu_count()} cores:")
-    print(format_table(["run", "s/round", "wall s (start-up and build included)", "mean acc"],
-                       [[k, v["seconds_per_round"], v["wall_s"], round(v["mean_acc"], 4)]
+    runs = {"one_process_1_thread": worker_run([sys.executable], args, 1),
+            f"one_process_{ranks}_threads": worker_run([sys.executable], args, ranks),
+            f"{ranks}_gloo_ranks": worker_run(torchrun, args, 1)}
+    print(f"\nbatched engine, {args.dist_nodes} peers, {args.dataset}, DFedAvg K=5 Q=1, fastest "
+          f"of {args.dist_rounds} rounds (no evaluation), on {os.cpu_count()} cores:")
+    print(format_table(["run", "s/round", "rows per rank", "halo rows received",
+                        "build s", "wall s", "consensus after"],
+                       [[k, v["s_per_round"], v["rows_per_rank"], v["halo_rows"], v["build_s"],
+                         v["wall_s"], f"{v['consensus_distance']:.6g}"]
                         for k, v in runs.items()]))
-    return {"nodes": n, "rounds": rounds, "ranks": ranks, "runs": runs}
+    return {"nodes": args.dist_nodes, "rounds": args.dist_rounds, "ranks": ranks, "runs": runs}
 
 
 class CifarCNN(nn.Module):
@@ -253,7 +314,7 @@ def gpu_seconds(n: int, model: str, repeats: int) -> dict:
     sim = BatchedSimulation.from_config(
         config, data=shaped_data(n, shape), model_factory=CifarCNN if model == "cnn" else None)
     build = time.perf_counter() - start
-    seconds = round_seconds(sim, repeats)
+    seconds = timed(one_round(sim), repeats)
     peak = torch.cuda.max_memory_allocated() / 2**30
     del sim
     torch.cuda.empty_cache()
@@ -308,7 +369,10 @@ def main(argv=None) -> int:
     p.add_argument("--headline-nodes", type=int, default=1024)
     p.add_argument("--headline-rounds", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.worker:
+        return worker(args)
     torch.set_num_threads(args.threads)
     results = engine_table(args)
     distributed = distributed_table(args)
