@@ -333,19 +333,26 @@ def gpu_table(args) -> dict:
     out = {"available": True, "reason": None, "device": torch.cuda.get_device_name(),
            "largest_n": {}}
     for model in ("mlp", "cnn"):
-        rows, n, fits = [], args.gpu_sizes[0], None
+        rows, n, fits, began = [], args.gpu_sizes[0], None, time.perf_counter()
+        out.setdefault("stopped", {})[model] = f"--gpu-max-nodes {args.gpu_max_nodes}"
         while n <= args.gpu_max_nodes:
             try:
                 rows.append(gpu_seconds(n, model, args.repeats))
                 fits = n
             except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
+                out["stopped"][model] = f"out of GPU memory at n = {n}"
                 break
+            finally:
+                torch.cuda.empty_cache()
             print(f"gpu {model} n={n}: {rows[-1]}", file=sys.stderr, flush=True)
+            if time.perf_counter() - began > args.gpu_budget_s:
+                out["stopped"][model] = f"--gpu-budget-s {args.gpu_budget_s} spent after n = {n}"
+                break
             bigger = [s for s in args.gpu_sizes if s > n]
             n = bigger[0] if bigger else 2 * n
         out[model], out["largest_n"][model] = rows, fits
-        print(f"\nGPU ({out['device']}), {model}: seconds per round")
+        print(f"\nGPU ({out['device']}), {model}: seconds per round; the largest n tried that "
+              f"fits: {fits} (stopped: {out['stopped'][model]})")
         print(format_table(["n", "s/round", "build s", "peak GiB"],
                            [[r["n"], r["s_per_round"], r["build_s"], r["peak_gib"]]
                             for r in rows]))
@@ -366,24 +373,32 @@ def main(argv=None) -> int:
     p.add_argument("--gpu-sizes", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
     p.add_argument("--gpu-max-nodes", type=int, default=262144,
                    help="stop doubling n on the GPU here even if it still fits")
+    p.add_argument("--gpu-budget-s", type=float, default=240,
+                   help="per model, stop growing n once this many seconds are spent (building "
+                        "n learners is Python work: about 2 ms each)")
     p.add_argument("--headline-nodes", type=int, default=1024)
     p.add_argument("--headline-rounds", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sections", nargs="+", default=["engines", "dist", "gpu", "headline"],
+                   choices=["engines", "dist", "gpu", "headline"],
+                   help="which parts to run (e.g. --sections gpu on a lent GPU)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return worker(args)
     torch.set_num_threads(args.threads)
-    results = engine_table(args)
-    distributed = distributed_table(args)
-    gpu = gpu_table(args)
-    start = time.perf_counter()
-    headline = BatchedSimulation.from_config(
-        config_for(args.headline_nodes, "batched", "digits", args.headline_rounds)).run()
-    wall = time.perf_counter() - start
-    print(f"\n{args.headline_nodes} peers x {args.headline_rounds} rounds, digits MLP, batched "
-          f"engine: {wall:.1f} s end to end (build included), mean accuracy "
-          f"{headline['mean_acc']:.4f}")
+    results = engine_table(args) if "engines" in args.sections else []
+    distributed = distributed_table(args) if "dist" in args.sections else None
+    gpu = gpu_table(args) if "gpu" in args.sections else None
+    wall = None
+    if "headline" in args.sections:
+        start = time.perf_counter()
+        headline = BatchedSimulation.from_config(
+            config_for(args.headline_nodes, "batched", "digits", args.headline_rounds)).run()
+        wall = round(time.perf_counter() - start, 1)
+        print(f"\n{args.headline_nodes} peers x {args.headline_rounds} rounds, digits MLP, "
+              f"batched engine: {wall:.1f} s end to end (build included), mean accuracy "
+              f"{headline['mean_acc']:.4f}")
     print(json.dumps({
         "threads": args.threads, "dataset": args.dataset,
         "batched_s_per_round": {str(r["n"]): round(r["batched_s"], 4) for r in results},
@@ -395,7 +410,7 @@ def main(argv=None) -> int:
         "before_to_bound": {str(r["n"]): round(r["before_s"] / r["bound_s"], 2)
                             for r in results},
         "distributed": distributed, "gpu": gpu,
-        "headline_wall_s": round(wall, 1), "headline_nodes": args.headline_nodes,
+        "headline_wall_s": wall, "headline_nodes": args.headline_nodes,
         "headline_rounds": args.headline_rounds}))
     return 0
 
