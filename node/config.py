@@ -609,6 +609,11 @@ class LaunchSection(Section):
     join_spacing_s: float = setting(1.0, "join mode: seconds between two joiners' starts (the "
                                     "first starts once every bootstrap peer serves)", ge=0,
                                     tools=("launch",))
+    start_method: Annotated[str, OneOf(lambda: ("auto", "fork", "exec"))] = setting(
+        "auto", "how peers start: fork (from the launcher, which imports torch and loads the "
+        "data once: pages shared copy-on-write, no per-peer interpreter start), exec (a new "
+        "python -m node interpreter each), auto (fork on Linux, else exec)",
+        tools=("launch",))
     kill_bootstrap_at_round: int | None = setting(
         None, "join mode: SIGKILL the bootstrap peers once they all completed this round; the "
         "joiners go on without them", ge=1, tools=("launch",), metavar="R")

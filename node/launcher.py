@@ -13,6 +13,7 @@ state transfer), not a topology the launcher wired in advance.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -34,6 +35,7 @@ from node.learning.seeding import derive_seed
 from node.peer.keys import provision
 from node.schema import dump_toml
 from node.text import format_table
+from node.zygote import Zygote, fork_available
 
 
 def free_ports(count: int) -> list[int]:
@@ -172,16 +174,20 @@ class PeerProcess:
     dropped: int = 0  # neighbours it dropped (suspect, unlinked or left)
     join_failed: str | None = None
     stopped_on_purpose: bool = False  # killed by the launcher and not to be restarted
+    zygote: Zygote | None = None  # forks the peer (start_method fork); None: a new interpreter
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        stderr = open(self.state_dir / "stderr.txt", "a")  # noqa: SIM115 - kept by the child
         join = ["--join", ",".join(self.join_urls)] if self.join_urls else []
+        argv = ["--config", str(self.config_path), *join]
         if self.spawned_at is None:
             self.spawned_at = time.time()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node", "--config", str(self.config_path), *join],
-            stdout=subprocess.DEVNULL, stderr=stderr)
+        if self.zygote is not None:
+            self.proc = self.zygote.spawn(argv, stderr_path=self.state_dir / "stderr.txt")
+            return
+        stderr = open(self.state_dir / "stderr.txt", "a")  # noqa: SIM115 - kept by the child
+        self.proc = subprocess.Popen([sys.executable, "-m", "node", *argv],
+                                     stdout=subprocess.DEVNULL, stderr=stderr)
         stderr.close()
 
     @property
@@ -302,6 +308,20 @@ def choose_victims(s: LaunchConfig) -> list[int]:
     return sorted(rng.choice(nodes, size=int(round(fraction * nodes)), replace=False).tolist())
 
 
+def start_peers_by(s: LaunchConfig, configs: list[PeerConfig]) -> Zygote | None:
+    """The zygote that forks the peers ([launch] start_method fork, or auto on Linux), having
+    loaded their data once; None when each peer is a new interpreter (exec)."""
+    method = s.launch.start_method
+    if method == "auto":
+        method = "fork" if fork_available() else "exec"
+    if method == "exec":
+        return None
+    if not fork_available():
+        raise ValueError("--start-method fork needs Linux (os.fork and PR_SET_PDEATHSIG); use "
+                         "--start-method exec")
+    return Zygote(configs)
+
+
 def launch(s: LaunchConfig) -> dict[str, Any]:
     """Run the whole experiment; returns (and writes) the summary. Ctrl-C (or SIGTERM) stops
     every peer and still writes the summary, the table's data and the plot of what was done,
@@ -312,7 +332,8 @@ def launch(s: LaunchConfig) -> dict[str, Any]:
     addresses = [("127.0.0.1", port) for port in free_ports(s.graph.nodes)]
     configs = experiment_configs(s, addresses, run_dir)
     paths = write_configs(configs, run_dir)
-    peers = [PeerProcess(path, Path(c.peer.log_file), Path(c.peer.state_dir))
+    zygote = start_peers_by(s, configs)
+    peers = [PeerProcess(path, Path(c.peer.log_file), Path(c.peer.state_dir), zygote=zygote)
              for path, c in zip(paths, configs)]
     churn = s.launch
     bootstrap = peers[:churn.bootstrap] if churn.join else []
@@ -331,8 +352,9 @@ def launch(s: LaunchConfig) -> dict[str, Any]:
     interrupted = False
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
-        for p in bootstrap or peers:
-            p.start()
+        with zygote.held() if zygote else contextlib.nullcontext():
+            for p in bootstrap or peers:  # forked peers start together (Zygote.held)
+                p.start()
         while any(p.running or p.start_at is not None for p in peers) or any(
                 p.killed_at is not None and churn.restart_after is not None for p in peers) \
                 or (churn.join and not joiners_scheduled):
@@ -420,7 +442,8 @@ def summarise(s: LaunchConfig, peers: list[PeerProcess], *, run_dir: Path, wall:
             "merged_accuracy": f["merged_accuracy"] if f else None,
             "rounds_completed": f["rounds_completed"] if f else peers[i].completed,
             "bytes_in": f["bytes_in"] if f else None, "bytes_out": f["bytes_out"] if f else None,
-            "rss_mb": f["rss_mb"] if f else None, "restarts": peers[i].restarts,
+            "rss_mb": f["rss_mb"] if f else None, "pss_mb": f.get("pss_mb") if f else None,
+            "uss_mb": f.get("uss_mb") if f else None, "restarts": peers[i].restarts,
             "finished": f is not None, "component": f.get("component") if f else None,
             **(peer_join_record(peers[i], f) if s.launch.join else {}),
         } for i, f in finals.items()},

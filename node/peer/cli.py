@@ -8,7 +8,8 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -102,10 +103,10 @@ def resolve(argv: Sequence[str] | None) -> PeerConfig:
     return config
 
 
-async def serve(config) -> int:
+async def serve(config: PeerConfig, *, data: Any = None) -> int:
     from node.peer.protocol import Peer
 
-    peer = Peer(config)
+    peer = Peer(config, data=data)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, peer.request_stop)
@@ -140,7 +141,10 @@ def result_line(summary: dict, config: PeerConfig) -> str:
             f"{config.peer.state_dir}/final.json")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *,
+         data_for: Callable[[PeerConfig], Any] | None = None) -> int:
+    """``python -m node ARGV``. ``data_for``: the data set already loaded for a config, or None
+    (node.zygote hands a forked peer the data its parent loaded once for every peer)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "init":  # python -m node init DIR: a starter project
         from node.peer import init
@@ -157,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.umask(0o077)  # the state folder holds a private key, checkpoints and logs: owner only
     raise_fd_limit()  # the soft descriptor limit up to the hard one (connections are capped)
     try:
-        return asyncio.run(serve(config))
+        data = data_for(config) if data_for is not None else None
+        return asyncio.run(serve(config, data=data))
     # ValueError: e.g. a data split that cannot be made, a checkpoint for another model;
     # ListenError: the address is taken or not this machine's
     except (ValueError, ListenError) as exc:

@@ -150,6 +150,25 @@ def rss_megabytes() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def private_megabytes(pid: int | str = "self") -> dict[str, float] | None:
+    """Proportional (PSS: shared pages divided among the processes sharing them) and unique
+    (USS: pages no other process maps) memory of a process, from Linux's
+    /proc/PID/smaps_rollup; None where that file does not exist. RSS counts every shared page in
+    full, so for forked peers (node.zygote) only these two say what a peer costs."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    kb: dict[str, int] = {}
+    for line in text.splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            kb[name.strip()] = int(parts[0])
+    uss = kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)
+    return {"pss_mb": round(kb.get("Pss", 0) / 1024, 1), "uss_mb": round(uss / 1024, 1)}
+
+
 class JsonLog:
     """One JSON object per line: to a file (appended; its folder is created) or to a stream."""
 
@@ -169,6 +188,23 @@ class JsonLog:
     def close(self) -> None:
         if self._owned:
             self._fh.close()
+
+
+def load_peer_data(cfg: PeerConfig) -> Dataset:
+    """The data set a peer's [data] section names (its shard is cut later, by peer_split): a
+    shared source gets a held-out test set when split into shards (every peer of an experiment
+    is scored on the same images)."""
+    return cfg.data.load(num_nodes=cfg.data.num_shards, seed=cfg.run.seed,
+                         import_path=cfg.run.import_path, hold_out_test=cfg.data.num_shards > 1)
+
+
+def data_key(cfg: PeerConfig) -> str:
+    """What ``load_peer_data`` depends on, as a string: peers with equal keys load the same data
+    set (node.zygote loads it once for all of them). The shard index is not part of it: the
+    shard is cut from the loaded set."""
+    where = list(cfg.run.import_path) if cfg.data.loader else []  # only a loader imports
+    return json.dumps([cfg.data.model_dump(mode="json", exclude={"shard"}), cfg.run.seed,
+                       where], sort_keys=True)
 
 
 def peer_split(cfg: PeerConfig, data: Dataset) -> tuple[torch.Tensor, tuple | None]:
@@ -308,9 +344,7 @@ class Peer:
         self.config = cfg = config
         self.id = cfg.peer.id
         self.algorithm = cfg.algorithm.resolve()
-        data = data or cfg.data.load(num_nodes=cfg.data.num_shards, seed=cfg.run.seed,
-                                     import_path=cfg.run.import_path,
-                                     hold_out_test=cfg.data.num_shards > 1)
+        data = data or load_peer_data(cfg)
         self.log = log or JsonLog(cfg.peer.id, cfg.peer.log_file)
         shard, validation = peer_split(cfg, data)
         self.learner = learner_for(cfg, cfg.peer.id, data=data, shard=shard,
@@ -1053,8 +1087,11 @@ class Peer:
                 if message.final:
                     finished.add(message.sender)
                 reported[message.sender] = set(message.waiting)
-                if not set(message.gone) <= gone:
-                    gone |= set(message.gone) - set(known)
+                # news only if it adds someone (an id already known is not news: comparing with
+                # the unfiltered list made two peers call every step new, for ever)
+                fresh = set(message.gone) - set(known) - gone
+                if fresh:
+                    gone |= fresh
                     new_last_step = True
                 for origin, vector in message.vectors:
                     holds.setdefault(message.sender, {message.sender}).add(origin)
@@ -1062,7 +1099,11 @@ class Peer:
                         known[origin] = vector
                         proofs[origin] = message.proofs[origin]
                         new_last_step = True
-            step += 1
+            # a neighbour that is steps ahead waits for this peer's message of *its* step: jump
+            # there (as on entering the merge), or the two advance one step per timeout each,
+            # never aligned (a 64-peer ring crawled at one step per ceiling for minutes)
+            step = max(step + 1, max((k[2] for k in self.inbox if k[0] == "merge"),
+                                     default=0))
         if self._sends:  # let the last messages go out, but never wait past the ceiling
             await asyncio.wait(set(self._sends), timeout=ceiling)
         component = sorted(known)
@@ -1089,7 +1130,8 @@ class Peer:
             "max_wait_s": max(self.wait_times, default=0.0),
             "rejected": {str(k): v for k, v in self.rejected.items()},
             "refused_by": dict(self.refused_by),
-            **self.traffic, "rss_mb": round(rss_megabytes(), 1), "state": self.state,
+            **self.traffic, "rss_mb": round(rss_megabytes(), 1),
+            **(private_megabytes() or {"pss_mb": None, "uss_mb": None}), "state": self.state,
             "first_mix_s": self.first_mix_s, "neighbours": sorted(self.neighbours),
             **({"membership": self.membership.status()} if self.membership.cfg.enabled else {}),
         }
