@@ -83,7 +83,10 @@ def row_sgd_step(params: torch.Tensor, grad: torch.Tensor, momentum_buffer: torc
         sgd_step(params, grad, momentum_buffer, lr=lr, momentum=momentum,
                  weight_decay=weight_decay, dampening=dampening)
         return
-    momentum_buffer.mul_(momentum).add_(grad, alpha=1.0 - dampening)
+    if dampening:
+        momentum_buffer.mul_(momentum).add_(grad, alpha=1.0 - dampening)
+    else:  # one pass: buf = g + m buf
+        torch.add(grad, momentum_buffer, alpha=momentum, out=momentum_buffer)
     if weight_decay:
         momentum_buffer.add_(params, alpha=weight_decay * (1.0 - dampening))
     params.add_(momentum_buffer, alpha=-lr)
