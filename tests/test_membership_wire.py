@@ -374,3 +374,97 @@ def test_a_yes_that_would_exceed_max_links_is_undone_with_an_unlink(tmp_path):
     linked, neighbours, told = run_simulated(scenario())
     assert not linked and neighbours == [7, 8]
     assert told == ["link", "unlink"]
+
+
+def merge_with_fake_neighbours(config, answer_for, *, limit: int = 1000):
+    """Run peer 1's final merge between fake neighbours 0 and 2 on a simulated clock.
+    ``answer_for(j, step, length)`` is fake j's reply (a merge Message) to peer 1's message of
+    ``step``; more than ``limit`` sends by peer 1 fail the test (a merge loop that never ends)."""
+    async def scenario():
+        hub = InMemoryHub()
+        peer = Peer(config, transport=hub.transport(1), data=digits_data(), inline=True,
+                    log=JsonLog(1, stream=io.StringIO()))
+        length = peer.learner.vector_size
+        replies: set[asyncio.Task] = set()
+        sends = [0]
+        send_tracked = peer._send_tracked
+
+        def counted(*args, **kwargs):
+            sends[0] += 1
+            if sends[0] > limit:
+                raise RuntimeError("the merge loop does not end")
+            return send_tracked(*args, **kwargs)
+
+        peer._send_tracked = counted
+
+        def fake(j: int):
+            sender, identity = hub.transport(j), Identity(j)
+
+            async def answer(step: int) -> None:
+                message = answer_for(j, step, length)
+                await sender.send(1, identity.seal(encode_message(message, length)), 5.0)
+
+            async def handler(body: bytes):
+                step = decode_message(TrustStore(mode="modelled").open(body).payload, length,
+                                      10**9).step
+                replies.add(asyncio.create_task(answer(step)))
+                return 200, "ok"
+
+            hub.handlers[j] = handler
+
+        fake(0)
+        fake(2)
+        await peer.start()
+        try:
+            began = peer._now()
+            merged = await peer.final_merge()
+            return merged, peer._now() - began
+        finally:
+            await asyncio.gather(*replies)
+            await peer.close()
+
+    return run_simulated(scenario())
+
+
+def test_a_gone_list_of_peers_already_merged_is_not_news_for_ever(tmp_path):
+    """From step 1 both neighbours report 3 as gone, but 3's model is already known (it came at
+    step 0).
+    That is nothing new: the merge ends. (Comparing the report with the unfiltered list made
+    every step 'new' for ever: two peers of a 64-peer ring flooded 14,000 steps.)"""
+    config = peer_config(1, 4, tmp_path, 3, algorithm="dfedavg", deadline_floor_s=0.2,
+                         deadline_ceiling_s=1.0)
+    config.neighbours = {0: "http://in-memory", 2: "http://in-memory"}
+
+    def answer(j, step, length):
+        vectors = [(j, torch.full((length,), float(j)))] if step == 0 else []
+        if j == 2 and step == 0:
+            vectors.append((3, torch.full((length,), 3.0)))
+        return Message("merge", j, 3, step, 1, vectors, "f32", False,
+                       {o: (b"", b"") for o, _ in vectors}, gone=(3,) if step else ())
+
+    merged, _ = merge_with_fake_neighbours(config, answer)
+    assert merged["component"] == [0, 1, 2, 3]
+    assert merged["flood_steps"] < 10
+
+
+def test_a_peer_behind_its_neighbours_jumps_to_their_flood_step(tmp_path):
+    """The neighbours entered the merge earlier: each answers peer 1's message (of whatever
+    step) with its own next step, 10 and more ahead. Peer 1 jumps to their step and ends within
+    a few ceilings; waiting at its own step, it timed out every step and never ended (a 64-peer
+    ring crawled at one step per ceiling for minutes)."""
+    config = peer_config(1, 4, tmp_path, 3, algorithm="dfedavg", deadline_floor_s=0.2,
+                         deadline_ceiling_s=1.0)
+    config.neighbours = {0: "http://in-memory", 2: "http://in-memory"}
+    their_step = {0: 10, 2: 10}
+
+    def answer(j, step, length):
+        mine = their_step[j]
+        their_step[j] += 1
+        vectors = [(j, torch.full((length,), float(j)))] if mine == 10 else []
+        return Message("merge", j, 3, mine, 1, vectors, "f32", False,
+                       {o: (b"", b"") for o, _ in vectors})
+
+    merged, seconds = merge_with_fake_neighbours(config, answer, limit=200)
+    assert merged["component"] == [0, 1, 2]
+    assert merged["flood_steps"] >= 10  # it went on from their step, not from 0
+    assert seconds < 3 * config.gossip.deadline_ceiling_s

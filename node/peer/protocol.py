@@ -201,10 +201,11 @@ def load_peer_data(cfg: PeerConfig) -> Dataset:
 def data_key(cfg: PeerConfig) -> str:
     """What ``load_peer_data`` depends on, as a string: peers with equal keys load the same data
     set (node.zygote loads it once for all of them). The shard index is not part of it: the
-    shard is cut from the loaded set."""
-    where = list(cfg.run.import_path) if cfg.data.loader else []  # only a loader imports
-    return json.dumps([cfg.data.model_dump(mode="json", exclude={"shard"}), cfg.run.seed,
-                       where], sort_keys=True)
+    shard is cut from the loaded set. Nor is [run] import_path: a peer that reads its config
+    file adds that file's folder to it, so the launcher's copy and the peer's differ by the run
+    folder while naming the same loader."""
+    return json.dumps([cfg.data.model_dump(mode="json", exclude={"shard"}), cfg.run.seed],
+                      sort_keys=True)
 
 
 def peer_split(cfg: PeerConfig, data: Dataset) -> tuple[torch.Tensor, tuple | None]:
