@@ -234,9 +234,11 @@ class BatchedSimulation(Simulation):
         self.device = template.params.device
         self.X = torch.empty(hi - lo, d, dtype=dtype, device=self.device)
         self.M = torch.zeros(hi - lo, d, dtype=dtype, device=self.device)
+        unused = torch.zeros(d, dtype=dtype, device=self.device)
         for k, learner in enumerate(own):
-            # the gradient rows are never used (gradients go straight into the update)
-            learner.model.bind(self.X[k], torch.zeros_like(self.X[k]))
+            # gradients go straight into the update, so the learners share one unused gradient
+            # vector instead of an (n, D) matrix (6.7 GB at 65,536 peers of a 26k-parameter CNN)
+            learner.model.bind(self.X[k], unused)
             self.M[k].copy_(learner.trainer.momentum_buffer)
             learner.trainer.momentum_buffer = self.M[k]
         self._module = template.model.module
@@ -248,9 +250,10 @@ class BatchedSimulation(Simulation):
         offsets = np.cumsum([0] + [len(t.y) for t in shards])[:-1]
         self._sampler = RowSampler([t.sampler for t in shards], offsets, self.device) \
             if holders else None
-        empty = template.trainer.x[:0]
-        self._x_all = torch.cat([t.x for t in shards]) if shards else empty
+        self._x_all = torch.cat([t.x for t in shards]) if shards else template.trainer.x[:0]
         self._y_all = torch.cat([t.y for t in shards]) if shards else template.trainer.y[:0]
+        for t, start in zip(shards, offsets.tolist(), strict=True):  # views: the data once
+            t.x, t.y = self._x_all[start:start + len(t.y)], self._y_all[start:start + len(t.y)]
         self._plan_cache: tuple | None = None
         self._next = torch.empty_like(self.X)
 
