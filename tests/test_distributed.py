@@ -58,6 +58,45 @@ state = "fresh"
 """
 
 
+PARTITION_SCENARIO = """
+[graph]
+nodes = 25
+topology = "random-geometric"
+radius = 0.35
+data_fraction = 0.6
+
+[algorithm]
+name = "dfedsam"
+
+[run]
+rounds = 6
+eval_every = 2
+seed = 2
+quiet = true
+
+[[events]]
+round = 1
+kind = "partition"
+until = 4
+
+[[events]]
+round = 2
+kind = "link-failure"
+probability = 0.2
+until = 5
+
+[[events]]
+round = 3
+kind = "crash"
+fraction = 0.2
+
+[[events]]
+round = 5
+kind = "rejoin"
+state = "fresh"
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -88,31 +127,51 @@ def close(a: float | None, b: float | None, tol: float = REL_TOL) -> bool:
     return abs(a - b) <= tol * max(abs(a), abs(b), 1e-12)
 
 
-def test_two_gloo_ranks_give_the_metrics_of_one_process(tmp_path):
-    scenario = tmp_path / "scenario.toml"
-    scenario.write_text(SCENARIO)
-    common = ["--scenario", str(scenario), "--engine", "batched"]
+def one_and_ranks(tmp_path: Path, scenario: str, ranks: int
+                  ) -> tuple[list[dict], list[dict], dict, dict]:
+    """The scenario's metrics rows and summaries from one process and from ``ranks`` ranks."""
+    path = tmp_path / "scenario.toml"
+    path.write_text(scenario)
+    common = ["--scenario", str(path), "--engine", "batched"]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
-    result = torchrun([*common, "--out", str(tmp_path / "two")])
+    result = torchrun([*common, "--out", str(tmp_path / "ranks")], ranks=ranks)
     assert result.returncode == 0, result.stderr[-3000:]
-    one = [json.loads(r) for r in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    two = [json.loads(r) for r in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert len(one) == len(two) == 6
-    for a, b in zip(one, two, strict=True):
-        for key in ("alive", "messages", "bytes_sent", "components", "largest_component"):
+    rows = [[json.loads(r) for r in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+            for d in ("one", "ranks")]
+    summaries = [json.loads((tmp_path / d / "summary.json").read_text())
+                 for d in ("one", "ranks")]
+    return rows[0], rows[1], summaries[0], summaries[1]
+
+
+def assert_same_run(one: list[dict], many: list[dict], s1: dict, s2: dict) -> None:
+    assert len(one) == len(many)
+    for a, b in zip(one, many, strict=True):
+        for key in ("alive", "messages", "bytes_sent", "components", "largest_component",
+                    "isolated"):
             assert a[key] == b[key], (a["round"], key)
         for key in ("mean_acc", "min_acc", "max_acc", "merged_acc", "acc_largest"):
             assert abs(a[key] - b[key]) <= ACC_TOL, (a["round"], key)
         for key in ("consensus_distance", "train_loss"):
             assert close(a[key], b[key]), (a["round"], key, a[key], b[key])
-    assert one[2]["alive"] == 18 and one[-1]["alive"] == 24  # the crash and the rejoin happened
-    s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
-    s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s1["messages"] == s2["messages"] and s1["node_samples"] == s2["node_samples"]
     for key in ("node_accuracy", "node_accuracy_after_merge"):
         assert s1[key].keys() == s2[key].keys()
         assert all(abs(s1[key][i] - s2[key][i]) <= ACC_TOL for i in s1[key])
-    assert not (tmp_path / "two" / "rank1").exists()
+
+
+def test_two_gloo_ranks_give_the_metrics_of_one_process(tmp_path):
+    one, two, s1, s2 = one_and_ranks(tmp_path, SCENARIO, ranks=2)
+    assert len(one) == 6
+    assert one[2]["alive"] == 18 and one[-1]["alive"] == 24  # the crash and the rejoin happened
+    assert_same_run(one, two, s1, s2)
+
+
+def test_three_uneven_ranks_through_a_partition_and_failing_links(tmp_path):
+    """25 peers over 3 ranks (9, 8, 8 rows): a partition (several components to merge), links
+    failing, relays, a crash and a fresh rejoin whose donor may sit on another rank."""
+    one, three, s1, s2 = one_and_ranks(tmp_path, PARTITION_SCENARIO, ranks=3)
+    assert [r["components"] for r in one][:2] == [3, 4]  # the partition and the crash split it
+    assert_same_run(one, three, s1, s2)
 
 
 class TwoBlocks(Rows):
