@@ -1,97 +1,135 @@
-"""Real peer processes vs the same workload in one process over the in-memory transport.
+"""Launched peer processes: forked from one parent vs one interpreter each, 8 to 256 peers.
 
-8 and 16 peers on a ring, 10 rounds; each round one local epoch over an IID shard of the digits
-training split (80/20 stratified split), MLP 64-32-10, plain SGD lr 0.1, batch 32, shared initial
-model, then one gossip step; then the final merge. Reports, side by side: wall time of the whole
-run, median round time, RSS per peer, final mean and merged accuracy. Ends with one JSON line.
+The workload is p2pfl's digits benchmark: peers on a ring, 10 rounds, each round one local epoch
+over an IID shard of the digits training split (80/20 stratified split), MLP 64-32-10, plain
+SGD lr 0.1, batch 32, shared initial model, one gossip step; then the final merge. Each run is
+``scripts/launch.py`` as a user types it, timed from the command to its exit (interpreter
+start, imports, data, forks, training, merge, table and plot: end to end), side by side in one
+run of this script:
+
+* ``fork`` (the default on Linux, node/zygote.py) at each ``--sizes`` (8, 64, 256);
+* ``exec`` (a ``python -m node`` interpreter per peer, as before) at ``--exec-sizes`` (8).
+
+Reported per run: end-to-end seconds; start-up (command to the last peer listening, and the
+spread between the first and the last peer to listen); the launcher's own wall time; each
+peer's private memory at its end from /proc/PID/smaps_rollup (USS: pages no other process maps;
+PSS: shared pages divided among their sharers; RSS, which counts every shared page in full, for
+contrast); mean and merged accuracy; the merge components. The headline ratio compares 8
+forked peers with p2pfl's 83.2 s for the same workload, measured once on this 2-core machine
+(docs/results.md). Ends with one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import io
 import json
 import math
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from gossip import InMemoryHub
-from node.config import LaunchConfig
-from node.launcher import launch
-from node.learning import load_digits
-from node.peer import JsonLog, Peer, rss_megabytes
 from node.text import format_table
 
+ROOT = Path(__file__).resolve().parents[1]
+P2PFL_8_PEERS_S = 83.2  # p2pfl, 8 peers, the same workload, this machine (issue 14)
 
-def settings(n: int, rounds: int, out: str) -> LaunchConfig:
+
+def command(n: int, rounds: int, out: Path, method: str) -> list[str]:
     shard = 1797 * 0.8 / n
-    return LaunchConfig.of(
-        nodes=n, topology="ring", algorithm="dfedavg", rounds=rounds,
-        local_steps=math.ceil(shard / 32), partition="iid", test_fraction=0.2, hidden=32,
-        lr=0.1, lr_decay=1.0, momentum=0.0, weight_decay=0.0, batch_size=32, quiet=True,
-        out=out, seed=0)
+    return [sys.executable, str(ROOT / "scripts" / "launch.py"), "--nodes", str(n),
+            "--topology", "ring", "--algorithm", "dfedavg", "--rounds", str(rounds),
+            "--local-steps", str(math.ceil(shard / 32)), "--partition", "iid",
+            "--test-fraction", "0.2", "--hidden", "32", "--lr", "0.1", "--lr-decay", "1.0",
+            "--momentum", "0.0", "--weight-decay", "0.0", "--batch-size", "32", "--seed", "0",
+            "--start-method", method, "--quiet", "--out", str(out)]
 
 
-def processes(s: LaunchConfig) -> dict:
-    summary = launch(s)
-    round_times = []
-    for i in range(s.graph.nodes):
-        for line in (Path(s.out) / f"peer{i}" / "log.jsonl").read_text().splitlines():
-            event = json.loads(line)
-            if event["event"] == "round":
-                round_times.append(event["round_s"])
-    peers = summary["peers"].values()
-    return {"wall_s": summary["wall_s"], "median_round_s": statistics.median(round_times),
-            "rss_mb_per_peer": statistics.mean(p["rss_mb"] for p in peers),
-            "mean_acc": summary["mean_acc"], "merged_acc": summary["merged_acc"]}
+def first_event_time(log: Path, event: str) -> float | None:
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        if record["event"] == event:
+            return record["t"]
+    return None
 
 
-async def in_memory(s: LaunchConfig) -> dict:
-    data = load_digits(s.data.test_fraction)
-    hub = InMemoryHub()
-    streams = [io.StringIO() for _ in range(s.graph.nodes)]
-    configs = s.peer_configs([("127.0.0.1", 0)] * s.graph.nodes, Path(s.out))
-    start = time.perf_counter()
-    peers = [Peer(c, transport=hub.transport(c.peer.id), data=data,
-                  log=JsonLog(c.peer.id, stream=st))
-             for c, st in zip(configs, streams)]
-    for p in peers:
-        await p.start()
-    summaries = await asyncio.gather(*(p.run() for p in peers))
-    wall = time.perf_counter() - start
-    round_times = [json.loads(line)["round_s"] for st in streams
-                   for line in st.getvalue().splitlines() if '"event": "round"' in line]
-    return {"wall_s": round(wall, 2), "median_round_s": statistics.median(round_times),
-            "rss_mb_per_peer": rss_megabytes() / s.graph.nodes,
-            "mean_acc": statistics.mean(x["accuracy"] for x in summaries),
-            "merged_acc": statistics.mean(x["merged_accuracy"] for x in summaries)}
+def measure(n: int, rounds: int, out: Path, method: str, timeout: float) -> dict:
+    began = time.time()
+    result = subprocess.run(command(n, rounds, out, method), cwd=ROOT, capture_output=True,
+                            text=True, timeout=timeout)
+    end_to_end = time.time() - began
+    if result.returncode != 0:
+        raise RuntimeError(f"{method} {n} peers failed: {result.stderr[-1500:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    listening = [first_event_time(out / f"peer{i}" / "log.jsonl", "listening")
+                 for i in range(n)]
+    listening = [t for t in listening if t is not None]
+    peers = list(summary["peers"].values())
+
+    def mean_of(key: str) -> float | None:
+        values = [p[key] for p in peers if p.get(key) is not None]
+        return round(statistics.mean(values), 1) if values else None
+
+    return {
+        "peers": n, "method": method, "end_to_end_s": round(end_to_end, 2),
+        "launcher_wall_s": summary["wall_s"],
+        "startup_s": round(max(listening) - began, 2) if listening else None,
+        "listen_spread_s": round(max(listening) - min(listening), 2) if listening else None,
+        "uss_mb_per_peer": mean_of("uss_mb"), "pss_mb_per_peer": mean_of("pss_mb"),
+        "rss_mb_per_peer": mean_of("rss_mb"),
+        "uss_mb_max": max((p["uss_mb"] for p in peers if p.get("uss_mb") is not None),
+                          default=None),
+        "mean_acc": round(summary["mean_acc"], 4), "merged_acc": round(summary["merged_acc"], 4),
+        "components": len(summary["components"]),
+        "all_finished": all(p["finished"] for p in peers),
+    }
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[8, 16])
+    p.add_argument("--sizes", type=int, nargs="+", default=[8, 64, 256],
+                   help="peer counts to launch forked (default: 8 64 256)")
+    p.add_argument("--exec-sizes", type=int, nargs="*", default=[8],
+                   help="peer counts to launch as one interpreter each (default: 8; none: "
+                   "--exec-sizes with no value)")
     p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--timeout", type=float, default=1200.0,
+                   help="seconds one launch may take before the benchmark fails")
     args = p.parse_args(argv)
-    rows, results = [], {}
+    runs = [("fork", n) for n in args.sizes] + [("exec", n) for n in args.exec_sizes]
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for n in args.sizes:
-            real = processes(settings(n, args.rounds, f"{tmp}/proc{n}"))
-            print(f"{n} processes done", file=sys.stderr, flush=True)
-            memory = asyncio.run(in_memory(settings(n, args.rounds, f"{tmp}/mem{n}")))
-            print(f"{n} in one process done", file=sys.stderr, flush=True)
-            results[str(n)] = {"processes": real, "one_process": memory}
-            for label, r in (("processes (HTTP)", real), ("one process (memory)", memory)):
-                rows.append([n, label, r["wall_s"], r["median_round_s"],
-                             f"{r['rss_mb_per_peer']:.0f}", r["mean_acc"], r["merged_acc"]])
-    print(format_table(["peers", "how", "wall s", "median round s", "RSS MB/peer", "mean acc",
-                        "merged acc"], rows))
-    print(json.dumps({n: {k: {m: round(v, 4) for m, v in r.items()} for k, r in res.items()}
-                      for n, res in results.items()}))
+        for method, n in runs:
+            print(f"{method}: {n} peers ...", file=sys.stderr, flush=True)
+            r = measure(n, args.rounds, Path(tmp) / f"{method}{n}", method, args.timeout)
+            print(f"  {r['end_to_end_s']} s end to end, USS {r['uss_mb_per_peer']} MB/peer",
+                  file=sys.stderr, flush=True)
+            results.append(r)
+    print(format_table(
+        ["peers", "start", "end to end s", "start-up s", "listen spread s", "launcher s",
+         "USS MB/peer", "PSS MB/peer", "RSS MB/peer", "mean acc", "merged acc", "components"],
+        [[str(r[k]) for k in ("peers", "method", "end_to_end_s", "startup_s", "listen_spread_s",
+                              "launcher_wall_s", "uss_mb_per_peer", "pss_mb_per_peer",
+                              "rss_mb_per_peer", "mean_acc", "merged_acc", "components")]
+         for r in results]))
+    fork8 = next((r for r in results if r["method"] == "fork" and r["peers"] == 8), None)
+    exec8 = next((r for r in results if r["method"] == "exec" and r["peers"] == 8), None)
+    headline = {
+        "vs_p2pfl_8_peers": round(P2PFL_8_PEERS_S / fork8["end_to_end_s"], 1) if fork8 else None,
+        "fork_vs_exec_8_peers": round(exec8["end_to_end_s"] / fork8["end_to_end_s"], 1)
+        if fork8 and exec8 else None,
+        "largest_run": max((r["peers"] for r in results if r["all_finished"]), default=None),
+        "max_uss_mb_per_peer_forked": max((r["uss_mb_max"] for r in results
+                                           if r["method"] == "fork" and r["uss_mb_max"]),
+                                          default=None),
+    }
+    if fork8:
+        print(f"\n8 forked peers: {fork8['end_to_end_s']} s end to end, "
+              f"{headline['vs_p2pfl_8_peers']}x faster than p2pfl's {P2PFL_8_PEERS_S} s")
+    print(json.dumps({"headline": headline, "runs": results}))
     return 0
 
 
