@@ -100,7 +100,8 @@ def _run(config: SimConfig, events: list[Event], *, lead: bool) -> int:
     try:
         sim = build_simulation(config, observers, events)
     except (ValueError, TopologyError, ConfigError) as exc:
-        print(f"python -m sim: error: {exc}", file=sys.stderr)
+        if lead:  # every rank refuses the same config; one of them says why
+            print(f"python -m sim: error: {exc}", file=sys.stderr)
         return 2
     summary = sim.run()
     if lead and not config.run.quiet:
