@@ -106,10 +106,6 @@ class Rows:
         if self.hi < 0:
             self.hi = self.n
 
-    @property
-    def world(self) -> int:
-        return 1
-
     def owner_bounds(self) -> list[tuple[int, int]]:
         """Every rank's (lo, hi), by rank."""
         return [(self.lo, self.hi)]

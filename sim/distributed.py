@@ -100,10 +100,6 @@ class DistRows(Rows):
                              "without rows; start fewer ranks")
         super().__init__(n, lo, hi)
 
-    @property
-    def world(self) -> int:
-        return len(self.bounds)
-
     def owner_bounds(self) -> list[tuple[int, int]]:
         return self.bounds
 
