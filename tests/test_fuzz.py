@@ -95,6 +95,7 @@ FIELDS = ("v", "kind", "sender", "round", "step", "degree", "codec", "length", "
           "gone", "vectors")
 ID_FIELDS = ("waiting", "gone")  # merge agreement lists: ints, at most MAX_IDS, merge only
 MAX_IDS = 4096
+MERGE_STEPS_AHEAD = 2**20  # a merge message's step at most this far past the receiver's
 MAX_CONTROL = 64 * 1024  # control messages (msgpack arrays) of open membership
 INT_FIELDS = ("v", "sender", "round", "step", "degree", "length")
 KINDS = ("model", "merge", "history")
@@ -320,7 +321,8 @@ def judge(payload: bytes, w: World) -> tuple[str, tuple | None]:
         return "outside window", key
     inside = {"model": m["round"] <= 1 and m["step"] == 0,  # dsgd: one gossip step per round
               "history": m["round"] <= 1,
-              "merge": m["round"] == ROUNDS}[kind]  # any flood step (peers align on entry)
+              # flood steps up to MERGE_STEPS_AHEAD past the peer's own (0: it is not merging)
+              "merge": m["round"] == ROUNDS and m["step"] <= MERGE_STEPS_AHEAD}[kind]
     return ("valid" if inside else "outside window"), key
 
 
@@ -1010,10 +1012,12 @@ def test_the_default_rate_limit_answers_429(tmp_path):
 
 def test_one_merge_message_at_the_last_flood_step_does_not_crash_the_merge(tmp_path):
     """A case the fuzzing cannot send to its live peer without spoiling the run that follows: a
-    merge message of the run's length is accepted at any flood step, and a peer entering the
-    merge starts at the highest step it finds buffered. One such message from a neighbour at
-    step 2**64 - 1 (the largest msgpack uint) must neither crash the peer (its next step does not
-    fit a message) nor keep the two peers from finishing."""
+    merge message of the run's length is accepted up to MERGE_STEPS_AHEAD flood steps past the
+    peer's own, and a merging peer jumps to the highest step it finds buffered. A message at
+    step 2**64 - 1 (the largest msgpack uint) is malformed (steps are <= 2**62), one past the
+    window is refused (else one message could drive the peer's step to 2**62, past which its
+    own messages could not be sent), one at the window's edge is kept, and the two peers still
+    finish."""
     from gossip import InMemoryHub, Message, encode_message
     from node.peer import JsonLog, Peer
     from tests.helpers import peer_config
@@ -1031,14 +1035,17 @@ def test_one_merge_message_at_the_last_flood_step_does_not_crash_the_merge(tmp_p
         for p in peers:
             await p.start()
         size = peers[0].learner.vector_size
-        last = Message("merge", 1, 2, 2**64 - 1, 1, [], "f32", False)
-        answer = await peers[0].handle(peers[1].identity.seal(encode_message(last, size)))
+        answers = []
+        for step in (2**64 - 1, MERGE_STEPS_AHEAD + 1, MERGE_STEPS_AHEAD):
+            message = Message("merge", 1, 2, step, 1, [], "f32", False)
+            answers.append(await peers[0].handle(
+                peers[1].identity.seal(encode_message(message, size))))
         done = await asyncio.wait_for(
             asyncio.gather(*(p.run() for p in peers), return_exceptions=True), 120)
-        return [answer, *done]
+        return [answers, *done]
 
     answer, *results = asyncio.run(scenario())
-    assert 200 <= answer[0] < 500, answer
+    assert [a[0] for a in answer] == [400, 409, 200], answer
     crashed = [f"peer {i}: {r!r}" for i, r in enumerate(results) if isinstance(r, Exception)]
     assert not crashed, f"the merge crashed after {answer}: {crashed}"
     for summary in results:

@@ -93,6 +93,12 @@ COMMON_REJECTIONS = (400, 401, 403, 409, 413, 422, 429)
 # history records (SybilWall's gossip) of up to this many rounds back are accepted: the rule
 # compares models of the same round over a window of 8 rounds (mixing.SybilWall, window)
 HISTORY_ROUNDS = 8
+# How far ahead of this peer's flood step a neighbour's merge message may be. A peer jumps to
+# the step of what it receives (final_merge), so without a bound one hostile neighbour could
+# drive every step counter to the wire's integer limit in one message and stall the merge; with
+# it, 2**42 messages. Honest neighbours are never near it: a peer that waits for a neighbour
+# still training advances one step per deadline ceiling.
+MERGE_STEPS_AHEAD = 2**20
 # envelopes per second from senders that are not neighbours, checked before their signature
 # (open membership: joiners, shuffles); each such sender is limited further after it
 STRANGER_RATE = 200.0
@@ -650,8 +656,12 @@ class Peer:
         else:
             if message.round != self.config.run.rounds:
                 return "a merge message of another run length"
-            # any flood step: peers enter the merge at different times (a merging peer aligns
-            # its step with what it finds buffered); inbox_per_sender bounds what is kept
+            # any flood step up to MERGE_STEPS_AHEAD beyond ours: peers enter the merge at
+            # different times (a merging peer aligns its step with what it finds buffered);
+            # inbox_per_sender bounds what is kept
+            own = position_step if position_round == self.config.run.rounds else 0
+            if message.step > own + MERGE_STEPS_AHEAD:
+                return "outside the window: a flood step too far ahead"
         return None
 
     def _verify_origins(self, message: Message) -> None:
