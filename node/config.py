@@ -612,7 +612,7 @@ class LaunchSection(Section):
     start_method: Annotated[str, OneOf(lambda: ("auto", "fork", "exec"))] = setting(
         "auto", "how peers start: fork (from the launcher, which imports torch and loads the "
         "data once: pages shared copy-on-write, no per-peer interpreter start), exec (a new "
-        "python -m node interpreter each), auto (fork on Linux, else exec)",
+        "python -m node interpreter each), auto (fork on Linux with --threads 1, else exec)",
         tools=("launch",))
     kill_bootstrap_at_round: int | None = setting(
         None, "join mode: SIGKILL the bootstrap peers once they all completed this round; the "

@@ -312,12 +312,21 @@ def start_peers_by(s: LaunchConfig, configs: list[PeerConfig]) -> Zygote | None:
     """The zygote that forks the peers ([launch] start_method fork, or auto on Linux), having
     loaded their data once; None when each peer is a new interpreter (exec)."""
     method = s.launch.start_method
+    # A forked peer that runs torch on several threads deadlocks if the parent ever started
+    # torch's OpenMP pool (its threads are not copied, their locks are: found in review). The
+    # launcher's own process never computes before forking, but launch() called from a
+    # program that did cannot tell; one-thread peers never touch the pool, so only they fork.
+    threaded = s.run.threads > 1
     if method == "auto":
-        method = "fork" if fork_available() else "exec"
+        method = "fork" if fork_available() and not threaded else "exec"
     if method == "exec":
         return None
     if not fork_available():
         raise ValueError("--start-method fork needs Linux (os.fork and PR_SET_PDEATHSIG); use "
+                         "--start-method exec")
+    if threaded:
+        raise ValueError(f"--start-method fork needs --threads 1 (got {s.run.threads}): a "
+                         "forked peer running torch on several threads can deadlock; use "
                          "--start-method exec")
     return Zygote(configs)
 

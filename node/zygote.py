@@ -50,12 +50,24 @@ import torch
 from node.config import PeerConfig
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+CHILD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # reset in the child
 
 
 def fork_available() -> bool:
     """Whether peers can be forked here: Linux (``PR_SET_PDEATHSIG`` and a torch that is known to
     survive fork when unused in the parent); elsewhere the launcher starts interpreters."""
     return sys.platform.startswith("linux") and hasattr(os, "fork")
+
+
+def exit_code(exc: SystemExit) -> int:
+    """The status an interpreter would exit with for ``exc``: its code, 0 for None, else 1
+    after printing the message (``sys.exit("reason")``)."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
 
 
 def name_process(argv: Sequence[str], parent: int) -> None:
@@ -105,8 +117,10 @@ class ForkedProcess:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired(f"peer process {self.pid}", timeout)
-            if self._pidfd is not None:
-                select.select([self._pidfd], [], [], left)
+            if self._pidfd is not None:  # poll: select cannot take descriptors >= 1024
+                waiter = select.poll()
+                waiter.register(self._pidfd, select.POLLIN)
+                waiter.poll(None if left is None else max(1, int(left * 1000)))
             else:
                 time.sleep(0.02 if left is None else min(0.02, left))
         return self.returncode
@@ -179,27 +193,37 @@ class Zygote:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child would write the parent's buffered text again
         parent = os.getpid()
+        # signals stay blocked across the fork: a Ctrl-C or the launcher's SIGTERM arriving
+        # in the child before it has reset the launcher's handlers would run the launcher's
+        # code (its except and finally blocks) in the child (found in review)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, CHILD_SIGNALS)
         gc.freeze()
         try:
             pid = os.fork()
-            if pid == 0:  # the child: never returns
-                self._run_child(list(argv), stderr_fd, parent)
+            if pid == 0:  # the child: never returns, whatever happens
+                try:
+                    self._run_child(list(argv), stderr_fd, parent, blocked)
+                finally:
+                    os._exit(1)
         finally:
             if os.getpid() == parent:
                 gc.unfreeze()
                 os.close(stderr_fd)
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return ForkedProcess(pid, self)
 
-    def _run_child(self, argv: list[str], stderr_fd: int, parent: int) -> None:
+    def _run_child(self, argv: list[str], stderr_fd: int, parent: int,
+                   mask: set[signal.Signals]) -> None:
         code = 1
         try:
             self._become_peer(stderr_fd, parent)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # handlers reset: signals again
             name_process(argv, parent)
             from node.peer.cli import main
 
             code = main(argv, data_for=self.data_for)
         except SystemExit as exc:  # argparse's errors (2) and explicit exits
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+            code = exit_code(exc)
         except BaseException:  # noqa: BLE001 - whatever it was, say it and leave
             traceback.print_exc()
         finally:
@@ -216,7 +240,7 @@ class Zygote:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != parent:  # the parent died between fork and prctl
             os._exit(1)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in CHILD_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         for fd in list(self._pidfds):
             os.close(fd)

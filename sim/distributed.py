@@ -95,9 +95,9 @@ class DistRows(Rows):
         self.bounds = block_bounds(n, dist.get_world_size())
         self.rank = dist.get_rank()
         lo, hi = self.bounds[self.rank]
-        if hi <= lo:
-            raise ValueError(f"{n} peers over {len(self.bounds)} ranks leaves rank {self.rank} "
-                             "without rows; start fewer ranks")
+        if any(b <= a for a, b in self.bounds):  # every rank refuses, rank 0 says why
+            raise ValueError(f"{n} peers over {len(self.bounds)} ranks leaves a rank without "
+                             "rows; start at most as many ranks as peers")
         super().__init__(n, lo, hi)
 
     def owner_bounds(self) -> list[tuple[int, int]]:

@@ -468,3 +468,30 @@ def test_a_peer_behind_its_neighbours_jumps_to_their_flood_step(tmp_path):
     assert merged["component"] == [0, 1, 2]
     assert merged["flood_steps"] >= 10  # it went on from their step, not from 0
     assert seconds < 3 * config.gossip.deadline_ceiling_s
+
+
+def test_a_merge_message_far_ahead_neither_stalls_nor_spins_the_merge(tmp_path):
+    """Neighbour 0 is hostile: its first merge message claims flood step 2**62 (the largest a
+    message can carry). Peer 1 drops it (no honest neighbour is 2**20 steps ahead), neither
+    moves to a step its own messages could not carry nor spins on it, and ends with 0 and 2
+    once they answer normally. (Refusing such messages instead let a peer that one had moved
+    ahead be refused by its honest neighbours for ever; following it unclamped ran the step
+    past what a message can carry.)"""
+    config = peer_config(1, 4, tmp_path, 3, algorithm="dfedavg", deadline_floor_s=0.2,
+                         deadline_ceiling_s=1.0)
+    config.neighbours = {0: "http://in-memory", 2: "http://in-memory"}
+    replies = {0: 0, 2: 0}
+
+    def answer(j, step, length):
+        replies[j] += 1
+        if j == 0 and replies[j] == 1:
+            return Message("merge", 0, 3, 2**62, 1, [], "f32", False)
+        first = (j == 0 and replies[j] == 2) or (j == 2 and replies[j] == 1)
+        vectors = [(j, torch.full((length,), float(j)))] if first else []
+        return Message("merge", j, 3, step, 1, vectors, "f32", False,
+                       {o: (b"", b"") for o, _ in vectors})
+
+    merged, seconds = merge_with_fake_neighbours(config, answer, limit=200)
+    assert merged["component"] == [0, 1, 2]
+    assert merged["flood_steps"] < 100
+    assert seconds < 5 * config.gossip.deadline_ceiling_s

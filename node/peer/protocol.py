@@ -93,11 +93,13 @@ COMMON_REJECTIONS = (400, 401, 403, 409, 413, 422, 429)
 # history records (SybilWall's gossip) of up to this many rounds back are accepted: the rule
 # compares models of the same round over a window of 8 rounds (mixing.SybilWall, window)
 HISTORY_ROUNDS = 8
-# How far ahead of this peer's flood step a neighbour's merge message may be. A peer jumps to
-# the step of what it receives (final_merge), so without a bound one hostile neighbour could
-# drive every step counter to the wire's integer limit in one message and stall the merge; with
-# it, 2**42 messages. Honest neighbours are never near it: a peer that waits for a neighbour
-# still training advances one step per deadline ceiling.
+# The most flood steps a merging peer moves ahead at once to meet a neighbour's later step
+# (final_merge). Unclamped, one hostile neighbour's message at step 2**62 would carry a peer to
+# the wire's integer limit, past which it could send nothing; clamped, it takes 2**42 steps.
+# Refusing far-ahead messages instead would stall the merge: a peer a hostile message had moved
+# ahead would be refused by its honest neighbours for ever (found in review). Honest neighbours
+# are never near the bound: one that waits for a peer still training advances one step per
+# deadline ceiling.
 MERGE_STEPS_AHEAD = 2**20
 # envelopes per second from senders that are not neighbours, checked before their signature
 # (open membership: joiners, shuffles); each such sender is limited further after it
@@ -656,12 +658,9 @@ class Peer:
         else:
             if message.round != self.config.run.rounds:
                 return "a merge message of another run length"
-            # any flood step up to MERGE_STEPS_AHEAD beyond ours: peers enter the merge at
-            # different times (a merging peer aligns its step with what it finds buffered);
+            # any flood step: peers enter the merge at different times (a merging peer moves
+            # to the step it finds buffered, at most MERGE_STEPS_AHEAD at a time);
             # inbox_per_sender bounds what is kept
-            own = position_step if position_round == self.config.run.rounds else 0
-            if message.step > own + MERGE_STEPS_AHEAD:
-                return "outside the window: a flood step too far ahead"
         return None
 
     def _verify_origins(self, message: Message) -> None:
@@ -795,20 +794,25 @@ class Peer:
         return self._catch_up_to(round_index) >= round_index + 2
 
     async def _collect(self, key: tuple[str, int, int], expected: set[int],
-                       timeout: float | None = None, *, spare_if_heard: bool = False
-                       ) -> dict[int, Message]:
+                       timeout: float | None = None, *, spare_if_heard: bool = False,
+                       later_answers: bool = False) -> dict[int, Message]:
         """Wait until every expected, non-suspect neighbour's message for ``key`` arrived, or the
         deadline passed (then the missing ones become suspect). ``spare_if_heard`` (the merge):
         a missing neighbour that sent anything valid within the wait is alive -- still training
         its last rounds -- and is waited for again instead of being suspected (tests/test_netns.py
         found a peer that reached the merge first ending alone while its neighbours, alive,
-        merged it into theirs)."""
+        merged it into theirs). ``later_answers`` (the merge): a neighbour whose message of a
+        later step is already here has moved past this step and will not send it; it is not
+        waited for (the caller then moves to that step, final_merge)."""
         if timeout is None:
             timeout = self.config.gossip.startup_timeout_s if self._first_wait \
                 else self.deadline.current()
         start = self._now()
         while True:
             waiting = (expected - self.suspect) - set(self.inbox.get(key, {}))
+            if later_answers and waiting:
+                waiting -= {j for k, got in self.inbox.items() if k[:2] == key[:2] and
+                            key[2] < k[2] <= key[2] + MERGE_STEPS_AHEAD for j in got}
             # below a microsecond counts as expired: with a simulated clock, start + timeout - now
             # can round to a tiny positive number that no timer can wait out
             left = start + timeout - self._now()
@@ -1062,9 +1066,19 @@ class Peer:
             live = self.neighbours - self.suspect - finished
             heard = set().union(*(reported[j] for j in live if j in reported))
             return ({j for j in live if j not in known} | heard) - set(known) - gone
-        # a neighbour that reached the merge first has flooded for a while: start at its step,
-        # so that this peer's messages are the ones it waits for (earlier ones count as late)
-        step = max((k[2] for k in self.inbox if k[0] == "merge"), default=0)
+        def caught_up(step: int) -> int:
+            # a neighbour that is steps ahead (it reached the merge first, or this peer waited
+            # at a step it had passed) waits for this peer's message of *its* step: go there,
+            # up to MERGE_STEPS_AHEAD at once; earlier messages count as late. Staying at
+            # its own step, each timed out every step and the two never aligned (a 64-peer ring
+            # crawled at one step per ceiling for minutes)
+            # messages further ahead than that are no honest neighbour's: dropped
+            for k in [k for k in self.inbox if k[0] == "merge" and k[2] > step +
+                      MERGE_STEPS_AHEAD]:
+                del self.inbox[k]
+            return max(step, max((k[2] for k in self.inbox if k[0] == "merge"), default=0))
+
+        step = caught_up(0)
         while not self._stop:
             self.position = (merge_round, step)
             waits = waiting()
@@ -1082,7 +1096,7 @@ class Peer:
                 break
             live = self.neighbours - self.suspect - finished
             got = await self._collect(("merge", merge_round, step), live, timeout=ceiling,
-                                      spare_if_heard=True)
+                                      spare_if_heard=True, later_answers=True)
             # complete only if every neighbour expected at the start of the step answered: one
             # that timed out (now suspect) proves nothing (found by scripts/soak.py: a peer
             # finalised without the neighbour whose message arrived a millisecond late)
@@ -1110,11 +1124,7 @@ class Peer:
                         known[origin] = vector
                         proofs[origin] = message.proofs[origin]
                         new_last_step = True
-            # a neighbour that is steps ahead waits for this peer's message of *its* step: jump
-            # there (as on entering the merge), or the two advance one step per timeout each,
-            # never aligned (a 64-peer ring crawled at one step per ceiling for minutes)
-            step = max(step + 1, max((k[2] for k in self.inbox if k[0] == "merge"),
-                                     default=0))
+            step = caught_up(step + 1)
         if self._sends:  # let the last messages go out, but never wait past the ceiling
             await asyncio.wait(set(self._sends), timeout=ceiling)
         component = sorted(known)
