@@ -186,16 +186,11 @@ def test_a_peer_does_not_finalise_the_merge_while_a_neighbour_still_waits_for_so
     assert merged["flood_steps"] > arrives_at
 
 
-def test_a_neighbour_that_went_silent_no_longer_holds_up_the_merge(tmp_path):
-    """Peer 1 between 0 and 2: 2 sends its model and 'still waiting for 3' at flood step 0, then
-    dies. Its last list must not hold 1's merge for ever: 1 suspects 2 after the ceiling and
-    ends with [0, 1, 2] in a few steps. (It once spun without a wait, sending to the dead peers
-    until memory ran out: the churn launch of tests/test_launch.py in a fresh clone; the send
-    counter below turns such a spin into a failure instead of a hang.)"""
-    config = peer_config(1, 4, tmp_path, 3, algorithm="dfedavg", deadline_floor_s=0.2,
-                         deadline_ceiling_s=1.0)
-    config.neighbours = {0: "http://in-memory", 2: "http://in-memory"}
-
+def merge_with_fake_neighbours(config, answer_for, *, limit: int = 1000):
+    """Run peer 1's final merge between fake neighbours 0 and 2 on a simulated clock.
+    ``answer_for(j, step, length)`` is fake j's reply (a merge Message, or None for none) to
+    peer 1's message of ``step``; more than ``limit`` sends by peer 1 fail the test (a merge
+    loop that never ends)."""
     async def scenario():
         hub = InMemoryHub()
         peer = Peer(config, transport=hub.transport(1), data=digits_data(), inline=True,
@@ -207,45 +202,63 @@ def test_a_neighbour_that_went_silent_no_longer_holds_up_the_merge(tmp_path):
 
         def counted(*args, **kwargs):
             sends[0] += 1
-            if sends[0] > 1000:
-                raise RuntimeError("the merge loop spins")
+            if sends[0] > limit:
+                raise RuntimeError("the merge loop does not end")
             return send_tracked(*args, **kwargs)
 
         peer._send_tracked = counted
 
-        def fake(j: int, *, dies_after_step_0: bool):
+        def fake(j: int):
             sender, identity = hub.transport(j), Identity(j)
 
-            async def answer(step: int) -> None:
-                vectors = [(j, torch.full((length,), float(j)))] if step == 0 else []
-                message = Message("merge", j, 3, step, 1, vectors, "f32", False,
-                                  {o: (b"", b"") for o, _ in vectors},
-                                  waiting=(3,) if j == 2 else ())
+            async def send(message: Message) -> None:
                 await sender.send(1, identity.seal(encode_message(message, length)), 5.0)
 
             async def handler(body: bytes):
                 step = decode_message(TrustStore(mode="modelled").open(body).payload, length,
                                       10**9).step
-                if dies_after_step_0 and step > 0:
-                    return 200, "ok"  # accepted, never answered: it is gone
-                replies.add(asyncio.create_task(answer(step)))
+                message = answer_for(j, step, length)
+                if message is not None:  # None: accepted, never answered
+                    replies.add(asyncio.create_task(send(message)))
                 return 200, "ok"
 
             hub.handlers[j] = handler
 
-        fake(0, dies_after_step_0=False)
-        fake(2, dies_after_step_0=True)
+        fake(0)
+        fake(2)
         await peer.start()
         try:
-            return await peer.final_merge()
+            began = peer._now()
+            merged = await peer.final_merge()
+            return merged, peer._now() - began
         finally:
             await asyncio.gather(*replies)
             await peer.close()
 
-    merged = run_simulated(scenario())
+    return run_simulated(scenario())
+
+
+
+def test_a_neighbour_that_went_silent_no_longer_holds_up_the_merge(tmp_path):
+    """Peer 1 between 0 and 2: 2 sends its model and 'still waiting for 3' at flood step 0, then
+    dies. Its last list must not hold 1's merge for ever: 1 suspects 2 after the ceiling and
+    ends with [0, 1, 2] in a few steps. (It once spun without a wait, sending to the dead peers
+    until memory ran out: the churn launch of tests/test_launch.py in a fresh clone; the send
+    helper's send counter turns such a spin into a failure instead of a hang.)"""
+    config = peer_config(1, 4, tmp_path, 3, algorithm="dfedavg", deadline_floor_s=0.2,
+                         deadline_ceiling_s=1.0)
+    config.neighbours = {0: "http://in-memory", 2: "http://in-memory"}
+
+    def answer(j, step, length):
+        if j == 2 and step > 0:
+            return None  # accepted, never answered: it is gone
+        vectors = [(j, torch.full((length,), float(j)))] if step == 0 else []
+        return Message("merge", j, 3, step, 1, vectors, "f32", False,
+                       {o: (b"", b"") for o, _ in vectors}, waiting=(3,) if j == 2 else ())
+
+    merged, _ = merge_with_fake_neighbours(config, answer)
     assert merged["component"] == [0, 1, 2]
     assert merged["flood_steps"] < 10
-
 
 def test_peers_that_reach_the_merge_late_are_waited_for_through_the_line(tmp_path):
     """End to end on a line 0-1-2-3 whose end peer starts four rounds late and is still
@@ -374,56 +387,6 @@ def test_a_yes_that_would_exceed_max_links_is_undone_with_an_unlink(tmp_path):
     linked, neighbours, told = run_simulated(scenario())
     assert not linked and neighbours == [7, 8]
     assert told == ["link", "unlink"]
-
-
-def merge_with_fake_neighbours(config, answer_for, *, limit: int = 1000):
-    """Run peer 1's final merge between fake neighbours 0 and 2 on a simulated clock.
-    ``answer_for(j, step, length)`` is fake j's reply (a merge Message) to peer 1's message of
-    ``step``; more than ``limit`` sends by peer 1 fail the test (a merge loop that never ends)."""
-    async def scenario():
-        hub = InMemoryHub()
-        peer = Peer(config, transport=hub.transport(1), data=digits_data(), inline=True,
-                    log=JsonLog(1, stream=io.StringIO()))
-        length = peer.learner.vector_size
-        replies: set[asyncio.Task] = set()
-        sends = [0]
-        send_tracked = peer._send_tracked
-
-        def counted(*args, **kwargs):
-            sends[0] += 1
-            if sends[0] > limit:
-                raise RuntimeError("the merge loop does not end")
-            return send_tracked(*args, **kwargs)
-
-        peer._send_tracked = counted
-
-        def fake(j: int):
-            sender, identity = hub.transport(j), Identity(j)
-
-            async def answer(step: int) -> None:
-                message = answer_for(j, step, length)
-                await sender.send(1, identity.seal(encode_message(message, length)), 5.0)
-
-            async def handler(body: bytes):
-                step = decode_message(TrustStore(mode="modelled").open(body).payload, length,
-                                      10**9).step
-                replies.add(asyncio.create_task(answer(step)))
-                return 200, "ok"
-
-            hub.handlers[j] = handler
-
-        fake(0)
-        fake(2)
-        await peer.start()
-        try:
-            began = peer._now()
-            merged = await peer.final_merge()
-            return merged, peer._now() - began
-        finally:
-            await asyncio.gather(*replies)
-            await peer.close()
-
-    return run_simulated(scenario())
 
 
 def test_a_gone_list_of_peers_already_merged_is_not_news_for_ever(tmp_path):
