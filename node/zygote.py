@@ -38,6 +38,7 @@ import logging
 import os
 import select
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -110,8 +111,6 @@ class ForkedProcess:
 
     def wait(self, timeout: float | None = None) -> int:
         """The exit code; ``subprocess.TimeoutExpired`` after ``timeout`` seconds."""
-        import subprocess
-
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll() is None:
             left = None if deadline is None else deadline - time.monotonic()
