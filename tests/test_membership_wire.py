@@ -458,3 +458,39 @@ def test_a_merge_message_far_ahead_neither_stalls_nor_spins_the_merge(tmp_path):
     assert merged["component"] == [0, 1, 2]
     assert merged["flood_steps"] < 100
     assert seconds < 5 * config.gossip.deadline_ceiling_s
+
+
+def test_the_state_a_donor_sends_is_a_snapshot_of_its_model(tmp_path):
+    """A donor may go on training in its worker thread while it serves a joiner: the model it
+    seals must not change under the envelope (hashed, then copied into the body). The live
+    parameters did, and a joiner of tests/test_launch.py refused its donor's state with 401
+    'bad signature'. Here the parameters change right after the message is built."""
+    config = peer_config(0, 2, tmp_path, 3, algorithm="dfedavg", dynamic_membership=True)
+    config.neighbours = {1: "http://in-memory"}
+
+    async def scenario():
+        hub = InMemoryHub()
+        peer = Peer(config, transport=hub.transport(0), data=digits_data(), inline=True,
+                    log=JsonLog(0, stream=io.StringIO()))
+        sealed = []
+        body = peer._body
+
+        def capture(message):
+            sent = message.vectors[0][1]
+            sealed.append((sent, sent.clone()))
+            with torch.no_grad():
+                peer.learner.model.params.add_(1.0)  # a training step meanwhile
+            return body(message)
+
+        async def joiner(received: bytes):
+            return 200, "ok"
+
+        peer._body = capture
+        hub.handlers[1] = joiner
+        peer.membership.serving += 1  # as accepting the request does; _donate gives it back
+        await peer.membership._donate(1)
+        await peer.close()
+        return sealed
+
+    [(sent, at_build)] = run_simulated(scenario())
+    assert torch.equal(sent, at_build)

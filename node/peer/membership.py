@@ -290,8 +290,11 @@ class Membership:
     async def _donate(self, joiner: int) -> None:
         p = self.peer
         try:
+            # a snapshot: the peer may be training in its worker thread meanwhile, and a vector
+            # that changes between the envelope's hash and its copy fails the joiner's signature
+            # check (a joiner of tests/test_launch.py got 401 'bad signature' from its donor)
             message = Message("state", p.id, p.completed_rounds, 0, len(p.neighbours),
-                              [(p.id, p.learner.vector().detach())], "f32")
+                              [(p.id, p.learner.vector().detach().clone())], "f32")
             status = await p.transport.send(joiner, p._body(message),
                                             p.config.gossip.deadline_ceiling_s, retry=False)
             p.log.write("state_sent", joiner=joiner, round=p.completed_rounds, status=status)
