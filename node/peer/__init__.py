@@ -1,6 +1,7 @@
-"""The networked peer: the round protocol over a transport (``Peer``), its checkpoints, and
-``python -m node``."""
+"""The networked peer: the round protocol over a transport (``Peer``), its checkpoints, its log
+and ``python -m node``."""
 
-from node.peer.protocol import FINAL_SUMMARY, JsonLog, Peer, rss_megabytes
+from node.peer.observe import FINAL_SUMMARY, JsonLog, LogEvent, read_log, rss_megabytes
+from node.peer.protocol import Peer
 
-__all__ = ["FINAL_SUMMARY", "JsonLog", "Peer", "rss_megabytes"]
+__all__ = ["FINAL_SUMMARY", "JsonLog", "LogEvent", "Peer", "read_log", "rss_megabytes"]

@@ -38,20 +38,15 @@ import asyncio
 import json
 import logging
 import math
-import os
-import resource
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from gossip import (
     HttpTransport,
@@ -81,15 +76,19 @@ from node.peer.checkpoint import (
 )
 from node.peer.keys import identity_for, trust_store_for
 from node.peer.membership import Membership
+from node.peer.observe import (
+    FINAL_SUMMARY,
+    JsonLog,
+    PeerMetrics,
+    private_megabytes,
+    rss_megabytes,
+)
 
-FINAL_SUMMARY = "final.json"
 # states in which a round is in progress (status: current_round == rounds_completed)
 ROUND_STATES = ("starting", "training", "gossip")
 # why a neighbour answered a message with a 4xx status (the peer's own reasons in ``handle``)
 REFUSAL_REASONS = {400: "malformed", 401: "not authenticated", 403: "not a neighbour",
                    409: "stale", 413: "too large", 422: "bad vector", 429: "too many"}
-# statuses whose rejection counter /metrics shows from the start (at 0)
-COMMON_REJECTIONS = (400, 401, 403, 409, 413, 422, 429)
 # history records (SybilWall's gossip) of up to this many rounds back are accepted: the rule
 # compares models of the same round over a window of 8 rounds (mixing.SybilWall, window)
 HISTORY_ROUNDS = 8
@@ -147,55 +146,6 @@ class TokenBucket:
             return False
         self.tokens -= 1
         return True
-
-
-def rss_megabytes() -> float:
-    """Resident set size now (Linux /proc), else the peak from getrusage."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def private_megabytes(pid: int | str = "self") -> dict[str, float] | None:
-    """Proportional (PSS: shared pages divided among the processes sharing them) and unique
-    (USS: pages no other process maps) memory of a process, from Linux's
-    /proc/PID/smaps_rollup; None where that file does not exist. RSS counts every shared page in
-    full, so for forked peers (node.zygote) only these two say what a peer costs."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return None
-    kb: dict[str, int] = {}
-    for line in text.splitlines()[1:]:
-        name, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts and parts[0].isdigit():
-            kb[name.strip()] = int(parts[0])
-    uss = kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)
-    return {"pss_mb": round(kb.get("Pss", 0) / 1024, 1), "uss_mb": round(uss / 1024, 1)}
-
-
-class JsonLog:
-    """One JSON object per line: to a file (appended; its folder is created) or to a stream."""
-
-    def __init__(self, peer_id: int, path: str = "", stream: TextIO = sys.stdout):
-        self.peer_id = peer_id
-        if path:
-            private_folder(Path(path).parent)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._fh = os.fdopen(fd, "a", buffering=1) if path else stream  # noqa: SIM115
-        self._owned = bool(path)
-
-    def write(self, event: str, **fields: Any) -> None:
-        record = {"t": round(time.time(), 3), "peer": self.peer_id, "event": event, **fields}
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        if self._owned:
-            self._fh.close()
 
 
 def load_peer_data(cfg: PeerConfig) -> Dataset:
@@ -291,58 +241,6 @@ class AdaptiveDeadline:
             (1 - self.smoothing) * self.average + self.smoothing * seconds
 
 
-class PeerMetrics(Collector):
-    """The peer's /metrics, read from ``Peer.status()`` at each scrape: every series has HELP
-    text and a ``peer`` label, and the rejection counter has a sample for each common status
-    from the start (0 until a message is refused)."""
-
-    def __init__(self, peer: Peer):
-        self.peer = peer
-
-    def collect(self):
-        s = self.peer.status()
-        label = [str(self.peer.id)]
-
-        def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-            family = GaugeMetricFamily(name, documentation, labels=["peer"])
-            family.add_metric(label, value)
-            return family
-
-        def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
-            family = CounterMetricFamily(name, documentation, labels=["peer"])
-            family.add_metric(label, value)
-            return family
-
-        current = s["current_round"]
-        yield gauge("decent_round", "Round in progress (0-based; equals rounds_completed while "
-                    "training); once merging or done, the number of rounds completed",
-                    s["rounds_completed"] if current is None else current)
-        yield gauge("decent_rounds_completed", "Rounds this peer has completed",
-                    s["rounds_completed"])
-        yield gauge("decent_live_neighbours", "Neighbours not suspected of being down",
-                    len(s["live_neighbours"]))
-        yield gauge("decent_neighbours", "Neighbours counted in the mixing weights (open "
-                    "membership changes them)", len(s["neighbours"]))
-        if "membership" in s:
-            yield gauge("decent_view_size", "Entries of the open-membership view",
-                        len(s["membership"]["view"]))
-            yield gauge("decent_joiners_served_now", "Joiners being sent this peer's model",
-                        s["membership"]["serving"])
-        yield gauge("decent_last_accuracy", "Test accuracy at the last evaluation (NaN before)",
-                    float("nan") if s["last_accuracy"] is None else s["last_accuracy"])
-        yield counter("decent_bytes_in_total", "Bytes of accepted gossip messages received",
-                      s["bytes_in"])
-        yield counter("decent_bytes_out_total", "Bytes of gossip messages delivered to "
-                      "neighbours", s["bytes_out"])
-        rejected = CounterMetricFamily(
-            "decent_messages_rejected_total", "Messages this peer refused, by HTTP status",
-            labels=["peer", "status"])
-        counts = {str(code): 0 for code in COMMON_REJECTIONS} | s["rejected"]
-        for code in sorted(counts, key=int):
-            rejected.add_metric(label + [code], counts[code])
-        yield rejected
-
-
 class Peer:
     """Build from a PeerConfig; ``await run()`` trains, merges and returns the final summary."""
 
@@ -396,7 +294,7 @@ class Peer:
         self.wait_times: list[float] = []
         # one registry per peer (never the process-wide default: the simulator runs many peers)
         self.metrics = CollectorRegistry(auto_describe=False)
-        self.metrics.register(PeerMetrics(self))
+        self.metrics.register(PeerMetrics(self.id, self.status))
         self._arrived = asyncio.Event()
         self._stop = False
         self._first_wait = True
