@@ -175,8 +175,12 @@ def test_batchnorm_buffers_follow_the_chosen_mode(mode):
     assert a.model.buffers.numel() == 12 and not torch.equal(a.model.buffers, b.model.buffers)
     before_a, before_b = a.model.buffers.clone(), b.model.buffers.clone()
     sent_a, sent_b = a.outgoing().clone(), b.outgoing().clone()
-    a.gossip_step({1: sent_b}, own_degree=1, neighbour_degrees={1: 1})
-    b.gossip_step({0: sent_a}, own_degree=1, neighbour_degrees={0: 1})
+    # what the engines and the peer do: every peer's mix from the vectors sent, then each loads
+    mixed_a = a.mixed({1: sent_b}, own_degree=1, neighbour_degrees={1: 1})
+    mixed_b = b.mixed({0: sent_a}, own_degree=1, neighbour_degrees={0: 1})
+    assert torch.equal(a.model.buffers, before_a)  # mixed returns a new vector, loads nothing
+    a.model.load_vector(mixed_a)
+    b.model.load_vector(mixed_b)
     if mode == "average":  # Metropolis weights 1/2 on a single edge: the mean of the two
         assert torch.allclose(a.model.buffers, (before_a + before_b) / 2)
         assert torch.allclose(b.model.buffers, (before_a + before_b) / 2)

@@ -74,11 +74,6 @@ class Learner:
         weights = neighbour_weights(own_degree, neighbour_degrees, present=list(received))
         return self.rule.mix(self.model.vector(), received, weights, round_index)
 
-    def gossip_step(self, received: Mapping[int, torch.Tensor], own_degree: int,
-                    neighbour_degrees: Mapping[int, int], round_index: int = 0) -> None:
-        """One gossip step: replace the model by :meth:`mixed`."""
-        self.model.load_vector(self.mixed(received, own_degree, neighbour_degrees, round_index))
-
     def history_for(self, neighbour: int) -> tuple[int, HistoryRecord] | None:
         """SybilWall's probabilistic history gossip (docs/algorithms.md §4.5): what to send
         ``neighbour``."""
