@@ -67,7 +67,7 @@ from node.config import LaunchConfig, PeerConfig, SimConfig
 from node.launcher import launch
 from node.peer import JsonLog, Peer
 from node.text import format_table
-from sim.batched import build_simulation
+from sim.engines import build_simulation
 
 NODES = 4
 

@@ -214,7 +214,7 @@ def worker(args) -> int:
     local steps and gossip (no evaluation: on LEAF synthetic one evaluation of every peer costs
     more than the rounds), and rank 0 prints one JSON line."""
     from sim import distributed
-    from sim.batched import build_simulation
+    from sim.engines import build_simulation
 
     torch.set_num_threads(args.threads)
     ranks = distributed.env_world_size()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from sim import Recorder, SimConfig, format_table, write_results_section
-from sim.batched import build_simulation
+from sim.engines import build_simulation
 from sim.scenario import Event
 from sim.study import markdown_table, mean_std, study_parser
 

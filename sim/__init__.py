@@ -5,9 +5,10 @@ command line."""
 from node.config import SimConfig
 from node.schema import ConfigError
 from sim.api import simulate
-from sim.batched import BatchedSimulation, build_simulation
+from sim.batched import BatchedSimulation
 from sim.distributed import DistributedBatchedSimulation
 from sim.engine import Observer, Simulation
+from sim.engines import ENGINES, build_simulation
 from sim.peers import PeerSimulation
 from sim.report import (
     MetricsWriter,
@@ -20,8 +21,8 @@ from sim.report import (
 from sim.scenario import EVENT_KINDS, Event, load_scenario
 
 __all__ = [
-    "EVENT_KINDS", "BatchedSimulation", "ConfigError", "DistributedBatchedSimulation", "Event",
-    "MetricsWriter", "Observer",
+    "ENGINES", "EVENT_KINDS", "BatchedSimulation", "ConfigError", "DistributedBatchedSimulation",
+    "Event", "MetricsWriter", "Observer",
     "PeerSimulation", "ProgressBar", "Recorder", "SimConfig", "Simulation",
     "build_simulation", "format_table", "load_scenario",
     "simulate", "summary_table", "write_results_section",

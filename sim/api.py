@@ -8,7 +8,7 @@ from typing import Any
 
 from node.api import Model, dataset, model_factory
 from node.config import SimConfig
-from sim.batched import build_simulation
+from sim.engines import build_simulation
 
 
 def simulate(model: Model, *, train: Any, test: Any, observers: Iterable[Any] = (),

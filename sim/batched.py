@@ -22,9 +22,10 @@ of them (``Rows``: its collectives are the identity); under torchrun a contiguou
 exchanged over torch.distributed). ``[run] device = "cuda"`` keeps data, rows, W and the minibatch
 indices on the GPU; host syncs happen once per round (the losses) and per evaluation.
 
-It refuses what needs per-peer code paths (mixing rules other than ``average``, attacks, Sybils)
-instead of silently running something else. Summation orders differ from the reference engine,
-so the two agree to float rounding, not bit for bit (tests/test_batched.py states the tolerance).
+``sim.engines.build_simulation`` refuses what needs per-peer code paths (mixing rules other than
+``average``, attacks, Sybils) instead of silently running something else. Summation orders
+differ from the reference engine, so the two agree to float rounding, not bit for bit
+(tests/test_batched.py states the tolerance).
 """
 
 from __future__ import annotations
@@ -47,29 +48,6 @@ from topology import alive_components
 
 EVAL_CHUNK = 256  # peers evaluated per vmapped forward pass (bounds the activation memory)
 REDUCE_CHUNK = 4096  # rows per float64 reduction (bounds the float64 copy of the rows)
-
-
-def batched_refusal(config: SimConfig) -> str | None:
-    """Why the batched engine cannot run ``config``, or None when it can."""
-    if config.mixing.name != "average":
-        return (f"[mixing] name = {config.mixing.name} keeps per-peer state or per-peer control "
-                "flow; the batched engine mixes by a sparse matrix product (average only)")
-    if config.attack.kind is not None:
-        return "[attack] kind needs per-peer behaviour; use --engine reference"
-    return None
-
-
-def device_refusal(config: SimConfig) -> str | None:
-    """Why ``[run] device`` cannot be used for ``config``, or None when it can."""
-    if config.run.device == "cpu":
-        return None
-    if config.sim.engine == "peers":
-        return ("[run] device = cuda: the peers engine runs real peers' protocol code on the "
-                "CPU; use --engine batched or reference on a GPU")
-    if not torch.cuda.is_available():
-        return ("[run] device = cuda, but torch finds no CUDA GPU on this machine "
-                f"(torch {torch.__version__}); use --device cpu")
-    return None
 
 
 def row_sgd_step(params: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Tensor, *,
@@ -141,8 +119,8 @@ class RowSampler:
         self.lengths = np.zeros(len(samplers), dtype=np.int64)
         self.positions = np.zeros(len(samplers), dtype=np.int64)
         for k, s in enumerate(samplers):
-            self.orders[k, :len(s._order)] = s._order
-            self.lengths[k], self.positions[k] = len(s._order), s._position
+            self.orders[k, :len(s.order)] = s.order
+            self.lengths[k], self.positions[k] = len(s.order), s.position
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.device = device
 
@@ -191,9 +169,6 @@ class BatchedSimulation(Simulation):
     @classmethod
     def from_config(cls, config: SimConfig, observers: Iterable[Observer] = (),
                     events: Sequence[Event] = (), **sources) -> BatchedSimulation:
-        reason = batched_refusal(config)
-        if reason:
-            raise ValueError(f"--engine batched: {reason}")
         sim = super().from_config(config, observers, events, **sources)
         sim.rows = cls._rows_for(len(sim.learners))
         model = sim.template.model
@@ -566,21 +541,3 @@ class BatchedSimulation(Simulation):
             if v in source:
                 self.X[v - self.rows.lo] = rows[at[source[v]]]
             self.M[v - self.rows.lo].zero_()
-
-
-def build_simulation(config: SimConfig, observers: Iterable[Observer] = (),
-                     events: Sequence[Event] = (), **sources) -> Simulation:
-    """The engine ``config.engine`` names, built from ``config`` (``sources``: the Python
-    API's data and model_factory, see Simulation.from_config). Under torchrun (a process group
-    of more than one rank) the batched engine is sim.distributed's, and the others refuse."""
-    from sim.distributed import DistributedBatchedSimulation, distributed_refusal, world_size
-    from sim.peers import PeerSimulation
-
-    distributed = world_size() > 1
-    reason = device_refusal(config) or (distributed_refusal(config) if distributed else None)
-    if reason:
-        raise ValueError(reason)
-    engines = {"reference": Simulation, "batched": BatchedSimulation, "peers": PeerSimulation}
-    if distributed:
-        engines["batched"] = DistributedBatchedSimulation
-    return engines[config.sim.engine].from_config(config, observers, events, **sources)

@@ -22,8 +22,8 @@ from node.schema import (
     config_from_command_line,
     read_config_file,
 )
-from sim.batched import build_simulation, device_refusal
-from sim.distributed import distributed_refusal, env_world_size, rank, start, stop
+from sim.distributed import env_world_size, rank, start, stop
+from sim.engines import build_simulation, refusal
 from sim.report import MetricsWriter, ProgressBar, summary_table
 from sim.scenario import EVENT_KINDS, Event, load_scenario
 from topology import TopologyError
@@ -80,8 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine shards its rows over the ranks (sim.distributed), and only rank 0 writes and prints."""
     config, events = parse_args(argv)
     torch.set_num_threads(config.run.threads)
-    distributed = env_world_size() > 1
-    reason = device_refusal(config) or (distributed_refusal(config) if distributed else None)
+    ranks = env_world_size()
+    distributed = ranks > 1
+    reason = refusal(config, ranks=ranks)
     if reason:
         if not distributed or os.environ.get("RANK", "0") == "0":
             print(f"python -m sim: error: {reason}", file=sys.stderr)

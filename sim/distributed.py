@@ -55,14 +55,6 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def distributed_refusal(config: SimConfig) -> str | None:
-    """Why ``config`` cannot run under torchrun, or None when it can."""
-    if config.sim.engine != "batched":
-        return (f"--engine {config.sim.engine} runs in one process; under torchrun "
-                "(WORLD_SIZE > 1) only --engine batched shards its rows over ranks")
-    return None
-
-
 def start(device: str, *, timeout_s: float = DIST_TIMEOUT_S) -> None:
     """Join torchrun's process group (env:// rendezvous): gloo on CPUs, NCCL on GPUs, where
     each rank takes GPU LOCAL_RANK first."""

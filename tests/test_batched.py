@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from sim import SimConfig
-from sim.batched import BatchedSimulation, build_simulation
+from sim.batched import BatchedSimulation
 from sim.cli import main
+from sim.engines import build_simulation
 from sim.scenario import Event
 
 # Stated tolerance: per-round accuracies within 1/450 (one test image of digits) and parameters

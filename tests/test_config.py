@@ -226,7 +226,7 @@ def test_each_engine_gives_the_metrics_recorded_before_the_schema_change(engine)
     seed). The peer engine then used the launcher's deadline floor of 2 s and start-up timeout
     of 120 s, given explicitly here."""
     from sim import Recorder
-    from sim.batched import build_simulation
+    from sim.engines import build_simulation
     from sim.scenario import Event
 
     extra = {"deadline_floor_s": 2.0, "startup_timeout_s": 120.0} if engine == "peers" else {}

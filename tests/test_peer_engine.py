@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from sim import Recorder, SimConfig, Simulation
-from sim.batched import build_simulation
 from sim.cli import main
 from sim.clock import run_simulated
+from sim.engines import build_simulation
 from sim.peers import PeerSimulation
 from sim.scenario import Event
 
@@ -75,8 +75,8 @@ def test_a_crash_is_suspected_after_one_deadline_and_no_round_waits_longer():
 
 
 def test_peer_engine_refuses_relays_and_runs_from_the_cli(tmp_path, capsys):
-    with pytest.raises(ValueError, match="a real peer always holds a data shard"):
-        PeerSimulation.from_config(SimConfig.of(engine="peers", data_fraction=0.5, **BASE))
+    with pytest.raises(ValueError, match="--engine peers: .*a real peer always holds a data shard"):
+        build_simulation(SimConfig.of(engine="peers", data_fraction=0.5, **BASE))
     assert main(["--engine", "peers", "--nodes", "6", "--rounds", "3", "--model", "logreg",
                  "--quiet", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from node.config import ENGINES as ENGINE_NAMES
 from sim import Recorder, SimConfig, Simulation
 from sim.cli import main, parse_args
+from sim.engines import ENGINES, build_simulation, refusal
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,3 +133,41 @@ def test_time_varying_topology_and_synthetic_data_run():
                           dataset="synthetic", partition="natural", model="logreg", seed=2)
     summary = Simulation.from_config(config).run()
     assert 0.0 <= summary["mean_acc"] <= 1.0 and summary["model_parameters"] == 610
+
+
+def test_the_engine_table_holds_every_engine_the_config_names():
+    assert list(ENGINES) == list(ENGINE_NAMES)
+    assert [e.simulation.engine_name for e in ENGINES.values()] == list(ENGINE_NAMES)
+
+
+@pytest.mark.parametrize("settings, ranks, message", [
+    ({"engine": "batched", "attack": "noise", "adversaries": 1}, 1,
+     "--engine batched: [attack] kind needs per-peer behaviour"),
+    ({"engine": "batched", "mixing": "median"}, 1, "--engine batched: [mixing] name = median"),
+    ({"engine": "peers", "data_fraction": 0.5}, 1, "--engine peers: [graph] data_fraction"),
+    ({"engine": "peers", "nodes": 1348}, 1, "--engine peers: more peers than digits"),
+    ({"engine": "peers", "device": "cuda"}, 1, "use --engine batched or reference on a GPU"),
+    ({"engine": "reference"}, 2, "--engine reference runs in one process; under torchrun "
+     "(WORLD_SIZE > 1) only --engine batched shards"),
+    ({"engine": "peers", "data_fraction": 0.5}, 2, "--engine peers runs in one process"),
+])
+def test_each_engine_refuses_what_it_cannot_run_with_one_reason(settings, ranks, message):
+    reason = refusal(SimConfig.of(**settings), ranks=ranks)
+    assert reason is not None and message in reason and "\n" not in reason
+
+
+@pytest.mark.parametrize("engine", list(ENGINE_NAMES))
+def test_what_every_engine_runs_is_not_refused(engine):
+    config = SimConfig.of(engine=engine, nodes=4, rounds=1, model="logreg")
+    assert refusal(config) is None
+    attacked = refusal(config.updated(attack="noise", adversaries=1))
+    assert (attacked is not None) == (engine == "batched")
+    assert type(build_simulation(config)) is ENGINES[engine].simulation
+
+
+def test_build_simulation_refuses_before_building(monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("built a refused config")
+    monkeypatch.setattr(ENGINES["batched"].simulation, "from_config", never)
+    with pytest.raises(ValueError, match=r"^--engine batched: \[mixing\] name = median"):
+        build_simulation(SimConfig.of(engine="batched", mixing="median"))

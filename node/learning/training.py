@@ -96,6 +96,16 @@ class BatchSampler:
         self._position += self.batch_size
         return batch
 
+    @property
+    def order(self) -> torch.Tensor:
+        """This epoch's permutation of the shard (empty before the first batch)."""
+        return self._order
+
+    @property
+    def position(self) -> int:
+        """How many indices of ``order`` were drawn."""
+        return self._position
+
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "order": self._order.clone(),
                 "position": self._position}
