@@ -312,7 +312,7 @@ def test_flat_model_refuses_integer_parameters():
 
 def test_the_batched_engine_runs_a_user_model_and_equals_the_reference(project):
     from sim import Recorder
-    from sim.batched import build_simulation
+    from sim.engines import build_simulation
 
     table = {"model": {"factory": "model:build"},
              "data": {"format": "csv", "path": str(project / "readings.csv"), "label": "fault"},

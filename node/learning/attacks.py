@@ -156,7 +156,7 @@ class SybilNoise(EvasiveSybils):
 
     def identity_vectors(self, learner, identities, round_index):
         base = learner.model.vector()
-        generator = learner._attack_noise  # the learner's seeded stream for model attacks
+        generator = learner.attack_noise  # the learner's seeded stream for model attacks
         out = {}
         for v in sorted(identities):
             noise = torch.randn(base.shape, generator=generator, dtype=base.dtype)
@@ -183,9 +183,9 @@ class SybilSlices(EvasiveSybils):
         if state is None:
             trainer = learner.trainer
             count = min(self.slices or len(identities), len(identities), max(1, len(trainer.y)))
-            order = torch.randperm(len(trainer.y), generator=learner._attack_noise)
+            order = torch.randperm(len(trainer.y), generator=learner.attack_noise)
             parts = [order[k::count] for k in range(count)]
-            seeds = torch.randint(2 ** 62, (count,), generator=learner._attack_noise).tolist()
+            seeds = torch.randint(2 ** 62, (count,), generator=learner.attack_noise).tolist()
             trainers = [LocalTrainer(learner.model, x=trainer.x[part], y=trainer.y[part],
                                      config=trainer.config, seed=int(seed))
                         for part, seed in zip(parts, seeds, strict=True)]

@@ -38,7 +38,8 @@ class Learner:
         config = replace(train, local_steps=algorithm.local_steps, rho=algorithm.rho)
         self.trainer = LocalTrainer(model, x=x, y=y, config=config,
                                     seed=derive_seed(seed, "batches", node_id))
-        self._attack_noise = torch.Generator().manual_seed(derive_seed(seed, "attack", node_id))
+        # the seeded stream a model attack draws from (Attack.poisoned, the evasive Sybils)
+        self.attack_noise = torch.Generator().manual_seed(derive_seed(seed, "attack", node_id))
 
     @property
     def params(self) -> torch.Tensor:
@@ -65,7 +66,7 @@ class Learner:
         poisoned version of them."""
         if self.attack is None:
             return self.model.vector()
-        return self.attack.poisoned(self.model.vector(), self._attack_noise)
+        return self.attack.poisoned(self.model.vector(), self.attack_noise)
 
     def mixed(self, received: Mapping[int, torch.Tensor], own_degree: int,
               neighbour_degrees: Mapping[int, int], round_index: int = 0) -> torch.Tensor:

@@ -110,8 +110,8 @@ class FlatModel:
         """Re-estimate the normalisation statistics on ``x`` with the current weights (after
         the final merge, as the single-merging paper does): running statistics are reset and
         accumulated as a plain average over the batches; parameters are untouched."""
-        norms = [m for m in self.module.modules()
-                 if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
+        norms = [m for m in self.module.modules()  # torch's norm layers with running stats
+                 if getattr(m, "track_running_stats", False) and hasattr(m, "reset_running_stats")]
         if not norms or len(x) == 0:
             return
         momenta = [m.momentum for m in norms]
