@@ -1,11 +1,13 @@
-"""What several test files share: waiting on conditions with a deadline, finding the peer
-processes a test started, building peer configs, and running peers on an in-memory network."""
+"""What several test files share: comparing results with golden files, waiting on conditions
+with a deadline, finding the peer processes a test started, building peer configs, and running
+peers on an in-memory network."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import io
+import math
 import os
 import signal
 import subprocess
@@ -14,6 +16,99 @@ from contextlib import contextmanager
 from pathlib import Path
 
 POLL_INTERVAL_S = 0.05
+
+# relative tolerance on floats compared with a golden file: see compare_rows
+GOLDEN_REL = 1e-6
+
+
+def golden_differences(actual, expected, *, rel: float = GOLDEN_REL, where: str = "") -> list[str]:
+    """Every difference between ``actual`` and ``expected`` (JSON-like values: dicts, lists,
+    numbers, strings, None) under the golden contract, each naming where it is (``where``, then
+    the key path below it: ``round 3, train_loss``, ``rounds_by_peer['0']['2']``) and both
+    values: floats within ``rel`` relative (NaN equals NaN), everything else exactly, dicts with
+    the same keys and lists of the same length."""
+    return differences(actual, expected, rel, where, "")
+
+
+def differences(actual, expected, rel: float, where: str, path: str) -> list[str]:
+    at = ", ".join(part for part in (where, path) if part) or "the value"
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        problems = []
+        missing = [k for k in expected if k not in actual]
+        extra = [k for k in actual if k not in expected]
+        if missing:
+            problems.append(f"{at}: missing key(s) {missing}")
+        if extra:
+            problems.append(f"{at}: unexpected key(s) {extra}")
+        for key in expected:
+            if key in actual:
+                below = f"{path}[{key!r}]" if path or not isinstance(key, str) else key
+                problems += differences(actual[key], expected[key], rel, where, below)
+        return problems
+    if isinstance(expected, list | tuple) and isinstance(actual, list | tuple):
+        if len(actual) != len(expected):
+            return [f"{at}: {len(actual)} items, golden {len(expected)}: {actual!r} != "
+                    f"{expected!r}"]
+        problems = []
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            problems += differences(a, e, rel, where, f"{path}[{i}]")
+        return problems
+    if isinstance(expected, float) or isinstance(actual, float):
+        if is_number(actual) and is_number(expected):
+            a, e = float(actual), float(expected)
+            if (math.isnan(a) and math.isnan(e)) or math.isclose(a, e, rel_tol=rel):
+                return []
+            off = abs(a - e) / max(abs(a), abs(e)) if math.isfinite(a - e) else math.inf
+            return [f"{at}: {actual!r} != golden {expected!r} (relative difference {off:.1e} > "
+                    f"{rel:.0e})"]
+    elif actual == expected and (type(actual) is type(expected) or
+                                 (is_number(actual) and is_number(expected))):
+        return []
+    return [f"{at}: {actual!r} != golden {expected!r}"]
+
+
+def is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def compare_rows(rows: list[dict], golden: list[dict], *, rel: float = GOLDEN_REL,
+                 what: str = "golden rows") -> None:
+    """Fail, naming the round (a row's ``round``, else its index), the key and both values of
+    every difference, unless ``rows`` match ``golden`` row by row under the golden contract:
+    floats within ``rel`` relative, everything else exactly, the same keys in every row and the
+    same number of rows.
+
+    The golden contract. A run is bit-identical on one machine (same build of torch, same CPU),
+    and tests that compare two runs of this checkout compare exactly. Across machines float32
+    sums are not (the kernels torch picks for a CPU add in other orders), so a golden file
+    written on one machine is compared with a relative tolerance of GOLDEN_REL (1e-6) on every
+    float and exactly on everything else (counts, rounds, ids, strings, None). One part in 1e6
+    is about 8 float32 units in the last place; the figures of the golden runs (losses,
+    accuracies, consensus distances after a few rounds of training) were measured to differ by
+    at most 4e-8 relative between two CPUs, while a change of the code moves them by far more
+    (tests/test_golden_compare.py: 1e-7 on every float passes, 1e-4 on one fails). A test whose
+    figure magnifies rounding (an ill-conditioned step on the way) scales GOLDEN_REL by a factor
+    it states and justifies."""
+    problems = []
+    if len(rows) != len(golden):
+        problems.append(f"{len(rows)} rows, golden {len(golden)} (rounds "
+                        f"{[r.get('round') for r in rows]}, golden "
+                        f"{[r.get('round') for r in golden]})")
+    for i, (row, old) in enumerate(zip(rows, golden)):
+        label = f"round {old['round']}" if "round" in old else f"row {i}"
+        problems += differences(row, old, rel, label, "")
+    if problems:
+        raise AssertionError(f"{what}: {len(problems)} difference(s)\n  " +
+                             "\n  ".join(problems))
+
+
+def compare_golden(actual, expected, *, rel: float = GOLDEN_REL, what: str = "golden") -> None:
+    """Fail, naming every difference (where and both values), unless ``actual`` matches
+    ``expected`` under the golden contract (see compare_rows)."""
+    problems = golden_differences(actual, expected, rel=rel)
+    if problems:
+        raise AssertionError(f"{what}: {len(problems)} difference(s)\n  " +
+                             "\n  ".join(problems))
 
 
 @functools.cache

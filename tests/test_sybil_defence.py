@@ -2,11 +2,11 @@
 peers that have converged towards each other keep mixing, and the authors' scoring
 (``history_mode = "latest"``) still gives the weights it gave before the fix."""
 
-import pytest
 import torch
 
 from mixing import SybilWall, make_rule
 from sim import SimConfig, Simulation
+from tests.helpers import GOLDEN_REL, compare_golden
 
 D = 200
 
@@ -112,7 +112,13 @@ def test_converged_non_iid_honest_peers_all_keep_weight_above_one_half():
 
 
 # The authors' scoring on a short run: the weights every honest peer gave at each round, as the
-# code before the same-round scoring computed them (history_mode "latest" was its default).
+# code before the same-round scoring computed them (history_mode "latest" was its default), on
+# another machine. Compared under the golden contract (tests/helpers.compare_rows) with its
+# tolerance times WEIGHT_AMPLIFICATION: a weight is 1 minus a cosine of two models that gossip
+# made about 0.99 alike, pardoned and put through FoolsGold's logit, so the models' float32
+# rounding (4 rounds of training) reaches the weights magnified. Measured across two CPUs: the
+# sums 7e-7 relative apart, single weights up to 6e-6; the zeros are the same.
+WEIGHT_AMPLIFICATION = 100
 GOLDEN_SUMS = [44.808562191, 38.836581114, 34.652182971, 23.909974597]
 GOLDEN_ZEROS = [2, 3, 10, 20]
 GOLDEN_LAST = {
@@ -160,10 +166,10 @@ def test_the_authors_scoring_reproduces_the_weights_of_before_on_a_short_run():
     rounds = short_run(history_mode="latest")
     sums = [sum(w for peer in r.values() for w in peer.values()) for r in rounds]
     zeros = [sum(w == 0 for peer in r.values() for w in peer.values()) for r in rounds]
-    assert sums == pytest.approx(GOLDEN_SUMS, abs=1e-8) and zeros == GOLDEN_ZEROS
-    assert rounds[-1].keys() == GOLDEN_LAST.keys()
-    for i, expected in GOLDEN_LAST.items():
-        assert rounds[-1][i] == pytest.approx(expected, abs=1e-9), i
+    assert zeros == GOLDEN_ZEROS
+    rel = GOLDEN_REL * WEIGHT_AMPLIFICATION
+    compare_golden(sums, GOLDEN_SUMS, rel=rel, what="sums of the weights by round")
+    compare_golden(rounds[-1], GOLDEN_LAST, rel=rel, what="last round's weights by peer")
     # the default scoring gives other weights: the honest peers keep mixing
     ours = short_run()[-1]
     honest = [w for i, peer in ours.items() for j, w in peer.items() if j < 12]
