@@ -53,7 +53,7 @@ def encode(vector: torch.Tensor, codec: str = "f32") -> bytes | memoryview:
     vector = vector.detach().to("cpu")
     if codec == "f32":
         array = vector.to(torch.float32).contiguous().numpy().astype("<f4", copy=False)
-        return memoryview(array).cast("B")
+        return array.data.cast("B")
     if codec == "f16":
         return vector.to(torch.float16).numpy().astype("<f2", copy=False).tobytes()
     if codec == "bf16":

@@ -34,6 +34,7 @@ were sent, and no peer holds more than ``size`` entries. Pure data structure: no
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import msgpack
@@ -149,7 +150,7 @@ class PeerView:
     def __contains__(self, peer: int) -> bool:
         return peer in self.entries
 
-    def add(self, descriptor: Descriptor, *, replaceable: set[int] = frozenset()) -> bool:
+    def add(self, descriptor: Descriptor, *, replaceable: Collection[int] = frozenset()) -> bool:
         """Keep ``descriptor`` if it is new or fresher than the one held; when the view is
         full, it replaces one of ``replaceable`` (Cyclon: the entries just sent away), else the
         oldest entry if that one is older. True when it was kept."""
@@ -176,12 +177,12 @@ class PeerView:
     def remove(self, peer: int) -> None:
         self.entries.pop(peer, None)
 
-    def oldest(self, exclude: set[int] = frozenset()) -> int | None:
+    def oldest(self, exclude: Collection[int] = frozenset()) -> int | None:
         """The entry issued longest ago (Cyclon's shuffle partner); ties by id."""
         candidates = [(d.issued, p) for p, d in self.entries.items() if p not in exclude]
         return min(candidates)[1] if candidates else None
 
-    def sample(self, k: int, exclude: set[int] = frozenset()) -> list[Descriptor]:
+    def sample(self, k: int, exclude: Collection[int] = frozenset()) -> list[Descriptor]:
         """Up to ``k`` entries drawn without replacement (in id order before the draw, so the
         draw depends on the seed only)."""
         pool = [self.entries[p] for p in sorted(self.entries) if p not in exclude]

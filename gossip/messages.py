@@ -197,8 +197,8 @@ def within(vector: torch.Tensor, bound: float = math.inf) -> bool:
     """All values finite and within +-bound (two reductions, no mask as large as the vector)."""
     if vector.numel() == 0:
         return True
-    low, high = torch.aminmax(vector)
-    low, high = float(low), float(high)
+    smallest, largest = torch.aminmax(vector)
+    low, high = float(smallest), float(largest)
     return math.isfinite(low) and math.isfinite(high) and -bound <= low and high <= bound
 
 

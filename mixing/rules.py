@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -627,8 +628,9 @@ def make_rule(name: str, *, own_id: int = 0, boundaries: Boundaries = (), f: int
     ``threshold``, ``ramp`` and ``logit`` configure SybilWall (``foolsgold`` is SybilWall
     without history gossip).
     """
-    wall = {"history_mode": history_mode, "decay": decay, "seed": seed, "init": init,
-            "window": window, "threshold": threshold, "ramp": ramp, "logit": logit}
+    wall: dict[str, Any] = {"history_mode": history_mode, "decay": decay, "seed": seed,
+                            "init": init, "window": window, "threshold": threshold, "ramp": ramp,
+                            "logit": logit}
     builders = {
         "average": lambda: Average(),
         "variance-corrected": lambda: VarianceCorrected(boundaries, own_weight, target),

@@ -29,6 +29,7 @@ docs/peer-config.md (peer) and by ``--help`` (all tools).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -161,7 +162,7 @@ class DataSection(Section):
             return f"loader {self.loader}"
         return f"data set {self.dataset}"
 
-    def load(self, *, num_nodes: int, seed: int, import_path: list[str] = (),
+    def load(self, *, num_nodes: int, seed: int, import_path: Sequence[str] = (),
              hold_out_test: bool = True) -> Dataset:
         """The data this section names. A user source without a test set gets one held out
         (``test_fraction``, a fixed seed, as digits) when ``hold_out_test`` (experiments: every
@@ -171,7 +172,7 @@ class DataSection(Section):
             return load_dataset(self, num_nodes=num_nodes, seed=seed)
         test = read_file(self.format or "", self.test_path, label=self.label) \
             if self.test_path else None
-        if self.format is not None:
+        if self.format is not None and self.path is not None:  # they go together (checked)
             result: Any = read_file(self.format, self.path, label=self.label)
             where = f"[data] path {self.path}"
         else:
@@ -179,6 +180,8 @@ class DataSection(Section):
                 f"[data] dataset {self.dataset}"
             fn = import_object(self.loader, where="[data] loader", import_path=import_path) \
                 if self.loader else load_plugin(DATASET_GROUP, self.dataset)
+            if fn is None:  # the name was checked against the installed ones; gone since
+                raise ValueError(f"{where}: no installed package registers it")
             try:
                 result = fn(**self.options)
             except Exception as exc:  # the user's function failed: say where, keep the reason
@@ -209,7 +212,7 @@ class ModelSection(Section):
         "weights), local (each peer keeps its own), recalibrate (local, re-estimated on local "
         "data after the final merge)")
 
-    def factory_function(self, import_path: list[str] = ()) -> Any:
+    def factory_function(self, import_path: Sequence[str] = ()) -> Any:
         """The user's factory, an installed model's, or None for a built-in."""
         if self.factory:
             return import_object(self.factory, where="[model] factory", import_path=import_path)

@@ -20,10 +20,10 @@ import sys
 import textwrap
 import types
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -116,7 +116,7 @@ def base_type(info: FieldInfo) -> type:
     annotation = info.annotation
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-    return annotation
+    return cast(type, annotation)
 
 
 class Section(BaseModel):
@@ -132,7 +132,7 @@ _MESSAGES = {
 }
 
 
-def describe(error: dict[str, Any]) -> str:
+def describe(error: Mapping[str, Any]) -> str:
     """A short reason for one pydantic error, with the offending value only when it is short."""
     kind, ctx = error["type"], error.get("ctx") or {}
     if kind in _MESSAGES:
@@ -174,6 +174,9 @@ def config_error(exc: ValidationError, prefix: str = "") -> ConfigError:
     return ConfigError(prefix + place + joiner + reason)
 
 
+ConfigT = TypeVar("ConfigT", bound="Config")
+
+
 class Config(BaseModel):
     """A whole configuration for one tool: sections by name (plus tables such as
     [neighbours]). Subclasses set ``TOOL``."""
@@ -185,11 +188,15 @@ class Config(BaseModel):
 
     @classmethod
     def sections(cls) -> dict[str, type[Section]]:
-        return {name: f.annotation for name, f in cls.model_fields.items()
-                if isinstance(f.annotation, type) and issubclass(f.annotation, Section)}
+        out: dict[str, type[Section]] = {}
+        for name, info in cls.model_fields.items():
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, Section):
+                out[name] = annotation
+        return out
 
     @classmethod
-    def from_table(cls, table: dict[str, Any], source: str = "") -> Config:
+    def from_table(cls: type[ConfigT], table: dict[str, Any], source: str = "") -> ConfigT:
         """Validate a TOML-shaped table. Sections that belong only to other tools are ignored
         (one file can hold a simulator and a peer config); anything else unknown is an error
         that suggests the closest valid name."""
@@ -222,7 +229,8 @@ class Config(BaseModel):
             raise config_error(exc, prefix) from None
 
     @classmethod
-    def load(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    def load(cls: type[ConfigT], path: str | Path,
+             overrides: dict[str, Any] | None = None) -> ConfigT:
         """A config from a TOML file, with ``overrides`` (a nested table) applied on top."""
         table = read_config_file(path)
         return cls.from_table(merge_tables(table, overrides or {}), str(path))
@@ -243,12 +251,12 @@ class Config(BaseModel):
         return out
 
     @classmethod
-    def of(cls, **settings: Any) -> Config:
+    def of(cls: type[ConfigT], **settings: Any) -> ConfigT:
         """Build from flat names (those of the command line): ``SimConfig.of(nodes=8,
         topology="ring", model="logreg")``. Validated like a file."""
         return cls.from_table(cls._nest(settings))
 
-    def updated(self, **settings: Any) -> Config:
+    def updated(self: ConfigT, **settings: Any) -> ConfigT:
         """A validated copy with some flat-named settings changed (``config.updated(seed=2)``)."""
         return type(self).from_table(merge_tables(self.explicit(), self._nest(settings)))
 
@@ -317,7 +325,9 @@ def _top_level_hint(cls: type[Config], key: str) -> str:
            f"({', '.join(f'[{s}]' for s in cls.model_fields)})"
 
 
-ALL_SECTIONS: dict[str, type[Section]] = {}  # filled by node.config: every section of any tool
+# filled by node.config: every top-level table of any tool, with its Section class (or the
+# annotation of a plain table such as [neighbours])
+ALL_SECTIONS: dict[str, Any] = {}
 CONFIGS: dict[str, type[Config]] = {}  # filled by node.config: tool -> its Config class
 
 
@@ -469,11 +479,11 @@ class SettingsParser(argparse.ArgumentParser):
                          allow_abbrev=False,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         """One line, no usage block (which lists every setting and would bury the reason)."""
         self.exit(2, f"{self.prog}: error: {message} (--help lists every setting)\n")
 
-    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_args(self, args=None, namespace=None):
         namespace, unknown = self.parse_known_args(args, namespace)
         if unknown:
             flags = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
@@ -485,10 +495,10 @@ class SettingsParser(argparse.ArgumentParser):
         return namespace
 
 
-def config_from_command_line(cls: type[Config], parser: SettingsParser, *,
+def config_from_command_line(cls: type[ConfigT], parser: SettingsParser, *,
                              dests: dict[str, tuple[str, str]], args: dict[str, Any],
                              table: dict[str, Any], source: str = "",
-                             extra: dict[str, Any] | None = None) -> Config:
+                             extra: dict[str, Any] | None = None) -> ConfigT:
     """Defaults < the file's ``table`` < ``extra`` (tables built from special flags) < flags;
     a bad setting ends the program through ``parser.error`` with the one-line message."""
     merged = merge_tables(merge_tables(table, extra or {}), nest_flags(args, dests))

@@ -33,6 +33,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import networkx as nx
 import numpy as np
@@ -111,7 +112,8 @@ class RowSampler:
     CPU (the generators are CPU generators); only the index matrix goes to the device.
     """
 
-    def __init__(self, samplers: Sequence[BatchSampler], offsets: Sequence[int], device: str):
+    def __init__(self, samplers: Sequence[BatchSampler], offsets: Sequence[int] | np.ndarray,
+                 device: str | torch.device):
         self.generators = [s.generator for s in samplers]
         self.sizes = np.array([s.size for s in samplers], dtype=np.int64)
         self.widths = np.array([s.batch_size for s in samplers], dtype=np.int64)
@@ -219,8 +221,8 @@ class BatchedSimulation(Simulation):
         self._holder_slot.update({lo + k: slot for slot, k in enumerate(holders)})
         shards = [own[k].trainer for k in holders]
         offsets = np.cumsum([0] + [len(t.y) for t in shards])[:-1]
-        self._sampler = RowSampler([t.sampler for t in shards], offsets, self.device) \
-            if holders else None
+        samplers = [t.sampler for t in shards if t.sampler is not None]  # all of them
+        self._sampler = RowSampler(samplers, offsets, self.device) if holders else None
         self._x_all = torch.cat([t.x for t in shards]) if shards else template.trainer.x[:0]
         self._y_all = torch.cat([t.y for t in shards]) if shards else template.trainer.y[:0]
         for t, start in zip(shards, offsets.tolist(), strict=True):  # views: the data once
@@ -274,7 +276,7 @@ class BatchedSimulation(Simulation):
     def _sam_point(self, views: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                    rho: float) -> list[torch.Tensor]:
         """x + rho g / (||g|| + 1e-12) per peer, the norm over all its parameters (§2.1)."""
-        squares = sum(g.flatten(1).pow(2).sum(dim=1) for g in grads)
+        squares = cast(torch.Tensor, sum(g.flatten(1).pow(2).sum(dim=1) for g in grads))
         scale = rho / (squares.sqrt() + 1e-12)
         return [v + g * scale.view(-1, *([1] * (g.dim() - 1))) for v, g in zip(views, grads,
                                                                                strict=True)]
@@ -310,8 +312,10 @@ class BatchedSimulation(Simulation):
         M = self.M if everyone else self.M[index]
         xs, ms = self._views(X), self._views(M)
         total = torch.zeros(len(peers), dtype=torch.float64, device=self.device)
+        sampler = self._sampler
+        assert sampler is not None  # the peers hold data, so their rows have samplers
         for _ in range(cfg.local_steps):
-            batch, mask = self._sampler.next(slots)
+            batch, mask = sampler.next(slots)
             xb, yb = self._gather(batch)
             grads, loss = self._gradients(xs, xb, yb, mask)
             if cfg.rho:
@@ -321,7 +325,7 @@ class BatchedSimulation(Simulation):
                 for x, g, m in zip(xs, grads, ms, strict=True):
                     row_sgd_step(x, g, m, lr=lr, momentum=cfg.momentum,
                                  weight_decay=cfg.weight_decay, dampening=cfg.dampening)
-        if not everyone:
+        if index is not None:  # not everyone
             self.X.index_copy_(0, index, X)
             self.M.index_copy_(0, index, M)
         return total / cfg.local_steps
@@ -353,7 +357,8 @@ class BatchedSimulation(Simulation):
         :meth:`gossip_plan`'s blocks of it)."""
         rows, cols, vals, _ = self._weights(graph)
         n = self.rows.n
-        return torch.sparse_coo_tensor(np.stack([rows, cols]), vals, (n, n), dtype=self.X.dtype,
+        return torch.sparse_coo_tensor(torch.from_numpy(np.stack([rows, cols])),
+                                       torch.from_numpy(vals), (n, n), dtype=self.X.dtype,
                                        check_invariants=True).coalesce()
 
     def _csr(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -23,6 +24,7 @@ from node.schema import (
     read_config_file,
 )
 from sim.distributed import env_world_size, rank, start, stop
+from sim.engine import Observer
 from sim.engines import build_simulation, refusal
 from sim.report import MetricsWriter, ProgressBar, summary_table
 from sim.scenario import EVENT_KINDS, Event, load_scenario
@@ -54,7 +56,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, list[Event
     args = vars(parser.parse_args(argv))
     config_file, scenario_file = args.pop("config", None), args.pop("scenario", None)
     events: list[Event] = []
-    table, source = {}, ""
+    table: dict[str, Any] = {}
+    source = ""
     try:
         if config_file and scenario_file:
             raise ConfigError("give --config or --scenario, not both")
@@ -97,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(config: SimConfig, events: list[Event], *, lead: bool) -> int:
-    observers = [MetricsWriter(config.out), ProgressBar(disable=config.run.quiet)] if lead else []
+    observers: list[Observer] = [MetricsWriter(config.out),
+                                 ProgressBar(disable=config.run.quiet)] if lead else []
     try:
         sim = build_simulation(config, observers, events)
     except (ValueError, TopologyError, ConfigError) as exc:

@@ -111,8 +111,9 @@ class DistRows(Rows):
             ops += [dist.P2POp(dist.irecv, t, r) for r, t in sorted(receives.items())]
             requests = dist.batch_isend_irecv(ops)
         else:
-            requests = [dist.isend(t, r) for r, t in sorted(outgoing.items())]
-            requests += [dist.irecv(t, r) for r, t in sorted(receives.items())]
+            started = [dist.isend(t, r) for r, t in sorted(outgoing.items())]
+            started += [dist.irecv(t, r) for r, t in sorted(receives.items())]
+            requests = [w for w in started if w is not None]  # None: a rank outside the group
 
         def wait() -> None:
             for request in requests:
@@ -139,9 +140,10 @@ class DistributedBatchedSimulation(BatchedSimulation):
         return DistRows(n)
 
     @classmethod
-    def _make_learners(cls, config: SimConfig, parts: Sequence[torch.Tensor], *, data: Dataset,
-                       factory: Callable[..., Any] | None, attack: Attack | None,
-                       adversaries: Sequence[int]) -> list[Learner | RemotePeer]:
+    def _make_learners(  # type: ignore[override]  # other ranks' peers are RemotePeer records
+            cls, config: SimConfig, parts: Sequence[torch.Tensor], *, data: Dataset,
+            factory: Callable[..., Any] | None, attack: Attack | None,
+            adversaries: Sequence[int]) -> list[Learner | RemotePeer]:
         """Learners for this rank's block only; the other peers are ``RemotePeer`` records."""
         lo, hi = block_bounds(len(parts), dist.get_world_size())[dist.get_rank()]
         return [learner_for(config, i, data=data, shard=idx, factory=factory,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import networkx as nx
 import numpy as np
@@ -84,6 +84,9 @@ def place_attack(config: SimConfig, topology: Topology) -> tuple[Topology, dict[
     return topology, owner, config.adversaries()
 
 
+SimulationT = TypeVar("SimulationT", bound="Simulation")
+
+
 @dataclass
 class Simulation:
     """Build with :meth:`from_config`, then :meth:`run`."""
@@ -106,9 +109,10 @@ class Simulation:
     _round_graph: nx.Graph | None = None  # the previous round's graph, for the pictures
 
     @classmethod
-    def from_config(cls, config: SimConfig, observers: Iterable[Observer] = (),
-                    events: Sequence[Event] = (), *, data: Dataset | None = None,
-                    model_factory: Callable[..., Any] | None = None) -> Simulation:
+    def from_config(cls: type[SimulationT], config: SimConfig,
+                    observers: Iterable[Observer] = (), events: Sequence[Event] = (), *,
+                    data: Dataset | None = None,
+                    model_factory: Callable[..., Any] | None = None) -> SimulationT:
         """The engine for ``config``; ``data`` and ``model_factory`` (Python objects) replace
         what [data] and [model] name, for the Python API (node.api)."""
         refuse_events(events, cls.engine_name)
@@ -122,7 +126,7 @@ class Simulation:
         shards = partition(data, config.data, num_nodes=len(holders), seed=seed)
         parts = [torch.zeros(0, dtype=torch.int64)] * count
         for holder, shard in zip(holders, shards, strict=True):
-            parts[holder] = shard
+            parts[holder] = torch.as_tensor(shard, dtype=torch.int64)
         learners = cls._make_learners(config, parts, data=data, factory=model_factory,
                                       attack=attack, adversaries=adversaries)
         timeline = Timeline(list(events), derive_seed(seed, "events")) if events else None
@@ -374,6 +378,8 @@ class Simulation:
         rounds are recorded in ``snapshots`` (graph and alive set before and after) for the
         pictures drawn after the run."""
         tl = self.timeline
+        if tl is None:  # no scenario: the round's graph is the topology's
+            return base
         before_alive = set(self.alive)
         before_graph = self._round_graph if self._round_graph is not None else \
             tl.graph_at(base, 0)

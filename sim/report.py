@@ -15,7 +15,7 @@ from node.text import format_table
 class Recorder:
     """Keeps every evaluated round's row, and the summary, in memory."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
         self.summary: dict[str, Any] | None = None
 

@@ -95,7 +95,7 @@ class Event:
         """A short text for plots: what happened."""
         if self.kind == "arrive":
             return "arrivals" + (f" {self.rate:g}/round" if self.rate is not None else
-                                 f" of {len(self.nodes)}")
+                                 f" of {len(self.nodes or ())}")
         if self.kind in ("crash", "leave", "depart"):
             who = f"{len(self.nodes)} peers" if self.nodes else \
                 f"{self.fraction:.0%} {self.select}" + ("" if self.among == "all"
@@ -164,6 +164,7 @@ def _start_rejoin(sim: Any, index: int, e: Event, base: nx.Graph, graph: nx.Grap
 
 
 def _start_outage(sim: Any, index: int, e: Event, base: nx.Graph, graph: nx.Graph) -> None:
+    assert e.center is not None and e.radius is not None  # required keys (parse_event)
     down = [v for v in in_disc(base, e.center, e.radius) if v in sim.alive]
     sim.timeline.outages[index] = down
     sim.take_down(down)
@@ -177,8 +178,10 @@ def _end_outage(sim: Any, index: int, e: Event, base: nx.Graph) -> str:
 def _start_battery(sim: Any, index: int, e: Event, base: nx.Graph, graph: nx.Graph) -> None:
     tl = sim.timeline
     rng = tl.rng(index)
+    assert e.lifetime is not None  # a required key (parse_event)
+    low, high = e.lifetime
     for v in sorted(_roles(sim)[e.among]):
-        tl.lifetimes[v] = int(rng.integers(e.lifetime[0], e.lifetime[1] + 1))
+        tl.lifetimes[v] = int(rng.integers(low, high + 1))
         tl.worked[v] = 0
 
 
@@ -348,7 +351,8 @@ class Timeline:
                ) -> list[int]:
         """``event.fraction`` of ``candidates`` (rounded, at least one), at random or by
         centrality on the current graph (ties by id)."""
-        count = max(1, round(event.fraction * len(candidates))) if candidates else 0
+        fraction = event.fraction or 0.0  # given when nodes is not (parse_event)
+        count = max(1, round(fraction * len(candidates))) if candidates else 0
         if event.select == "random":
             chosen = self.rng(index).choice(candidates, size=count, replace=False)
             return sorted(int(v) for v in chosen)
@@ -366,11 +370,12 @@ class Timeline:
         for index, e in enumerate(self.events):
             if e.kind != "arrive":
                 continue
+            arriving = e.nodes or []  # a required key of arrive (parse_event)
             if e.rate is None:
-                rounds = e.rounds if e.rounds is not None else [e.round] * len(e.nodes)
-                schedule = dict(zip(e.nodes, rounds, strict=True))
+                rounds = e.rounds if e.rounds is not None else [e.round] * len(arriving)
+                schedule = dict(zip(arriving, rounds, strict=True))
             else:
-                schedule = self._poisson(index, e, e.nodes)
+                schedule = self._poisson(index, e, arriving, rate=e.rate)
             clash = sorted(set(schedule) & set(when))
             wrong = sorted(v for v in schedule if not 0 <= v < nodes)
             if clash or wrong:
@@ -380,7 +385,8 @@ class Timeline:
             when.update(schedule)
         return when
 
-    def _poisson(self, index: int, e: Event, pool: list[int]) -> dict[int, int]:
+    def _poisson(self, index: int, e: Event, pool: list[int], *, rate: float
+                 ) -> dict[int, int]:
         rng = self.rng(index)
         order = [int(v) for v in rng.permutation(np.asarray(pool, dtype=np.int64))]
         schedule, t = {}, e.round
@@ -388,7 +394,7 @@ class Timeline:
             if e.until is not None and t >= e.until:
                 schedule.update(dict.fromkeys(order, e.until))
                 break
-            count = int(rng.poisson(e.rate))
+            count = int(rng.poisson(rate))
             schedule.update(dict.fromkeys(order[:count], t))
             order, t = order[count:], t + 1
         return schedule

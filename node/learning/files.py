@@ -370,7 +370,8 @@ def _numpy_globals() -> dict[tuple[str, str], Callable[..., Any]]:
     for module in ("numpy.core", "numpy._core"):  # numpy 1 and numpy 2 spellings
         table[(f"{module}.multiarray", "_reconstruct")] = multiarray._reconstruct
         table[(f"{module}.multiarray", "scalar")] = multiarray.scalar  # numpy integer labels
-        table[(f"{module}.numeric", "_frombuffer")] = numeric._frombuffer  # pickle protocol 5
+        # pickle protocol 5 (numpy's stubs leave this private function out)
+        table[(f"{module}.numeric", "_frombuffer")] = numeric._frombuffer  # type: ignore[attr-defined]
     return table
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -110,8 +111,9 @@ class FlatModel:
         """Re-estimate the normalisation statistics on ``x`` with the current weights (after
         the final merge, as the single-merging paper does): running statistics are reset and
         accumulated as a plain average over the batches; parameters are untouched."""
-        norms = [m for m in self.module.modules()  # torch's norm layers with running stats
-                 if getattr(m, "track_running_stats", False) and hasattr(m, "reset_running_stats")]
+        # torch's norm layers with running statistics (its _NormBase), found by that interface
+        norms: list[Any] = [m for m in self.module.modules() if hasattr(m, "reset_running_stats")
+                            and getattr(m, "track_running_stats", False)]
         if not norms or len(x) == 0:
             return
         momenta = [m.momentum for m in norms]
