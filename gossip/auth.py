@@ -37,7 +37,7 @@ unchanged, so a relay can neither invent a member nor alter one (``sign_origin``
 ``TrustStore`` decides whose key a sender id has: listed peer keys first, then a certificate from
 a listed authority; in *open* mode (studies of open networks, never the default) a key seen for
 the first time is pinned to that id (trust on first use), so an id cannot change hands. The
-simulator models identities without keys (``MODELLED``): its in-memory network knows who sent
+simulator models identities without keys (mode ``"modelled"``): its in-memory network knows who sent
 what, which is what a signature proves (gossip.transport.InMemoryHub).
 """
 
@@ -421,5 +421,3 @@ def _certified_key(raw: bytes) -> bytes | None:
     except ValueError:
         return None
 
-
-MODELLED = "modelled"

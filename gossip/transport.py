@@ -37,6 +37,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gossip.auth import envelope_sender
+from gossip.backoff import connect_retry
 
 # Receives the body, or None when the transport refused a body over its size limit (so that the
 # owner still logs and counts the rejection); answers (status, reason).
@@ -88,6 +89,8 @@ class Transport(ABC):
 
     model_length: int | None = None
     peer_lengths: dict[int, int]
+    # the network itself says who sent each body (the simulator's hub): no keys needed
+    vouches_for_senders: bool = False
 
     @abstractmethod
     async def start(self, handler: Handler, routes: dict[str, GetRoute] | None = None) -> None:
@@ -116,6 +119,15 @@ class Transport(ABC):
         """Drop a peer's address (it left, or was forgotten from the view)."""
         return None
 
+    def address_of(self, peer: int) -> str | None:
+        """Where ``peer`` listens, if this transport keeps an address for it (in-memory
+        transports keep none)."""
+        return None
+
+    def known_peers(self) -> set[int]:
+        """The peers this transport keeps an address for."""
+        return set()
+
     @abstractmethod
     async def send_url(self, url: str, body: bytes, timeout: float, retry: bool = True
                        ) -> int | None:
@@ -142,6 +154,11 @@ class InMemoryHub:
 
 
 class InMemoryTransport(Transport):
+    """A peer of an ``InMemoryHub``: it delivers a body only when its envelope names the
+    transport that sent it, which is what a signature proves on a real network."""
+
+    vouches_for_senders = True
+
     def __init__(self, hub: InMemoryHub, node_id: int):
         self.hub, self.node_id = hub, node_id
         self.peer_lengths = {}
@@ -695,6 +712,12 @@ class HttpTransport(Transport):
     def forget(self, peer: int) -> None:
         self.peers.pop(peer, None)
 
+    def address_of(self, peer: int) -> str | None:
+        return self.peers.get(peer)
+
+    def known_peers(self) -> set[int]:
+        return set(self.peers)
+
     def _check_scheme(self, who: str, url: str) -> None:
         secure = url.lower().startswith("https://")
         if secure and self.ssl_client is None:
@@ -843,7 +866,7 @@ class HttpTransport(Transport):
                     ) -> int | None:
         assert self._session is not None, "start() the transport before sending"
         deadline = time.monotonic() + timeout
-        backoff, dropped = 0.02, 0
+        backoff, dropped = connect_retry(), 0
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -870,8 +893,7 @@ class HttpTransport(Transport):
                     return None
                 logger.debug("send to %s at %s: cannot connect (%s); retrying", peer, url,
                              _describe(exc))
-                await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
-                backoff = min(backoff * 2, 0.5)
+                await asyncio.sleep(backoff.delay(deadline - time.monotonic()))
             except aiohttp.ClientConnectionError as exc:
                 # a pooled keep-alive connection to a peer that restarted: try a fresh one
                 dropped += 1
@@ -880,8 +902,7 @@ class HttpTransport(Transport):
                 if dropped > 2 and not retry:
                     return None
                 if dropped > 1:  # a peer that keeps dropping connections is not hammered
-                    await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
-                    backoff = min(backoff * 2, 0.5)
+                    await asyncio.sleep(backoff.delay(deadline - time.monotonic()))
             except asyncio.TimeoutError:
                 logger.debug("send to %s at %s: no answer within %.3gs", peer, url, timeout)
                 return None

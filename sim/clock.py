@@ -7,7 +7,8 @@ selector first polls real I/O without blocking; if nothing is ready and the loop
 Deadlines, ``asyncio.sleep`` and ``wait_for`` therefore behave exactly as on a real clock, but a
 run costs only its computation, and the same program gives the same timeline every time. Work
 must run on the loop's thread (a worker thread's result would arrive "instantly" in simulated
-time only by luck), which is why ``node.peer.Peer`` takes ``inline=True`` here.
+time only by luck), which is why ``node.peer.Peer`` runs on ``Runtime.simulated_clock()``
+here (node.peer.runtime).
 """
 
 from __future__ import annotations

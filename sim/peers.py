@@ -50,7 +50,7 @@ import numpy as np
 from gossip import InMemoryHub
 from mixing import consensus_distance
 from node.config import SimConfig
-from node.peer import JsonLog, Peer
+from node.peer import JsonLog, Peer, Runtime
 from node.peer.checkpoint import load_checkpoint
 from sim.clock import run_simulated
 from sim.engine import Observer, Simulation
@@ -167,7 +167,8 @@ class PeerSimulation(Simulation):
     def _spawn(self, i: int) -> None:
         peer = Peer(self._configs[i], transport=self.hub.transport(i), data=self.dataset,
                     model_factory=self._model_factory,
-                    log=JsonLog(i, stream=self._logs[i]), inline=True, work_s=self.work_s)
+                    log=JsonLog(i, stream=self._logs[i]),
+                    runtime=Runtime.simulated_clock(work_s=self.work_s))
         self.peers[i] = peer
         self.lives.setdefault(i, []).append(peer)
         self.learners[i] = peer.learner

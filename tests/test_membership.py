@@ -33,7 +33,7 @@ from gossip.membership import (
     encode_control,
 )
 from node.config import PeerConfig
-from node.peer import JsonLog, Peer
+from node.peer import JsonLog, Peer, Runtime
 from node.peer.keys import provision, read_certificate
 from node.schema import dump_toml
 from tests.helpers import (
@@ -631,7 +631,7 @@ async def test_a_donor_serves_at_most_max_joiners_at_once(tmp_path):
         assert (await request(6))[0] == 429
         assert (await request(7))[0] == 403
         assert m.serving == 1
-        await asyncio.wait_for(asyncio.gather(*target._sends), 10)  # the donation to 5 ends
+        await asyncio.wait_for(asyncio.gather(*target.exchange.sends), 10)  # the donation to 5 ends
         assert m.serving == 0
         assert await request(6) == (200, "ok")
         assert m.most_served_at_once == 1
@@ -662,7 +662,8 @@ def test_a_joiner_on_a_faster_machine_trains_with_the_network_not_alone(tmp_path
                 c.membership.bootstrap = list(bootstrap)
                 logs[i] = io.StringIO()
                 peers[i] = Peer(c, transport=hub.transport(i), data=digits_data(),
-                                log=JsonLog(i, stream=logs[i]), inline=True, work_s=work_s)
+                                log=JsonLog(i, stream=logs[i]),
+                                runtime=Runtime.simulated_clock(work_s=work_s))
                 return peers[i]
             for i in range(4):
                 await make(i, [(i - 1) % 4, (i + 1) % 4], 0.05).start()

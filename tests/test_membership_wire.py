@@ -25,7 +25,7 @@ from gossip.membership import (
     is_control,
 )
 from gossip.messages import MAX_IDS, decode_message, encode_message
-from node.peer import JsonLog, Peer
+from node.peer import JsonLog, Peer, Runtime
 from sim.clock import run_simulated
 from tests.helpers import digits_data, peer_config
 
@@ -142,7 +142,8 @@ def test_a_peer_does_not_finalise_the_merge_while_a_neighbour_still_waits_for_so
 
     async def scenario():
         hub = InMemoryHub()
-        peer = Peer(config, transport=hub.transport(1), data=digits_data(), inline=True,
+        peer = Peer(config, transport=hub.transport(1), data=digits_data(),
+                    runtime=Runtime.simulated_clock(),
                     log=JsonLog(1, stream=io.StringIO()))
         length = peer.learner.vector_size
         models = {j: torch.full((length,), float(j)) for j in (0, 2, 3)}
@@ -193,12 +194,13 @@ def merge_with_fake_neighbours(config, answer_for, *, limit: int = 1000):
     loop that never ends)."""
     async def scenario():
         hub = InMemoryHub()
-        peer = Peer(config, transport=hub.transport(1), data=digits_data(), inline=True,
+        peer = Peer(config, transport=hub.transport(1), data=digits_data(),
+                    runtime=Runtime.simulated_clock(),
                     log=JsonLog(1, stream=io.StringIO()))
         length = peer.learner.vector_size
         replies: set[asyncio.Task] = set()
         sends = [0]
-        send_tracked = peer._send_tracked
+        send_tracked = peer.exchange.send_tracked
 
         def counted(*args, **kwargs):
             sends[0] += 1
@@ -206,7 +208,7 @@ def merge_with_fake_neighbours(config, answer_for, *, limit: int = 1000):
                 raise RuntimeError("the merge loop does not end")
             return send_tracked(*args, **kwargs)
 
-        peer._send_tracked = counted
+        peer.exchange.send_tracked = counted
 
         def fake(j: int):
             sender, identity = hub.transport(j), Identity(j)
@@ -228,9 +230,9 @@ def merge_with_fake_neighbours(config, answer_for, *, limit: int = 1000):
         fake(2)
         await peer.start()
         try:
-            began = peer._now()
+            began = peer.runtime.now()
             merged = await peer.final_merge()
-            return merged, peer._now() - began
+            return merged, peer.runtime.now() - began
         finally:
             await asyncio.gather(*replies)
             await peer.close()
@@ -273,8 +275,9 @@ def test_peers_that_reach_the_merge_late_are_waited_for_through_the_line(tmp_pat
 
     async def scenario():
         hub = InMemoryHub()
-        peers = [Peer(c, transport=hub.transport(i), data=digits_data(), inline=True,
-                      work_s=0.05, log=JsonLog(i, stream=io.StringIO()))
+        peers = [Peer(c, transport=hub.transport(i), data=digits_data(),
+                      runtime=Runtime.simulated_clock(work_s=0.05),
+                      log=JsonLog(i, stream=io.StringIO()))
                  for i, c in enumerate(configs)]
         for p in peers[:3]:
             await p.start()
@@ -329,8 +332,9 @@ def test_the_merge_covers_the_late_joiner_and_not_the_peer_that_left(tmp_path):
                         deadline_floor_s=0.2, deadline_ceiling_s=2.0)
         c.neighbours = {j: "http://in-memory" for j in neighbours}
         c.membership.bootstrap = list(bootstrap)
-        return Peer(c, transport=hub.transport(i), data=digits_data(), inline=True,
-                    work_s=0.05, log=JsonLog(i, stream=io.StringIO()))
+        return Peer(c, transport=hub.transport(i), data=digits_data(),
+                    runtime=Runtime.simulated_clock(work_s=0.05),
+                      log=JsonLog(i, stream=io.StringIO()))
 
     async def scenario():
         hub = InMemoryHub()
@@ -379,7 +383,7 @@ def test_a_yes_that_would_exceed_max_links_is_undone_with_an_unlink(tmp_path):
         hub.handlers[5] = other
         try:
             linked = await peer.membership.link(Descriptor(5, "mem://5", peer.membership.now_ms()))
-            await asyncio.gather(*list(peer._sends))
+            await asyncio.gather(*list(peer.exchange.sends))
             return linked, sorted(peer.neighbours), told
         finally:
             await peer.close()
@@ -470,10 +474,11 @@ def test_the_state_a_donor_sends_is_a_snapshot_of_its_model(tmp_path):
 
     async def scenario():
         hub = InMemoryHub()
-        peer = Peer(config, transport=hub.transport(0), data=digits_data(), inline=True,
+        peer = Peer(config, transport=hub.transport(0), data=digits_data(),
+                    runtime=Runtime.simulated_clock(),
                     log=JsonLog(0, stream=io.StringIO()))
         sealed = []
-        body = peer._body
+        body = peer.exchange.seal
 
         def capture(message):
             sent = message.vectors[0][1]
@@ -485,7 +490,7 @@ def test_the_state_a_donor_sends_is_a_snapshot_of_its_model(tmp_path):
         async def joiner(received: bytes):
             return 200, "ok"
 
-        peer._body = capture
+        peer.exchange.seal = capture
         hub.handlers[1] = joiner
         peer.membership.serving += 1  # as accepting the request does; _donate gives it back
         await peer.membership._donate(1)

@@ -124,7 +124,7 @@ async def test_a_peer_refused_by_a_neighbour_logs_it_once_and_counts_every_refus
     peers, logs = in_memory_peers(tmp_path, 3, T.complete(2), algorithm="dfedavg",
                                   deadline_floor_s=0.05, deadline_ceiling_s=0.1,
                                   startup_timeout_s=0.1)
-    peers[1].neighbours = set()  # peer 1 does not list peer 0: it answers 403
+    peers[1].neighbourhood.members.clear()  # peer 1 does not list peer 0: it answers 403
     for p in peers:
         await p.start()
     try:

@@ -33,7 +33,7 @@ from gossip.auth import (
 from node.config import PeerConfig
 from node.peer import JsonLog, Peer
 from node.peer.keys import provision, read_certificate
-from node.peer.protocol import catch_up_target
+from node.peer.neighbourhood import catch_up_target
 from node.schema import dump_toml
 from tests.helpers import digits_data, peer_config, running, trusted, wait_for
 from tests.test_peer import start_peers
@@ -141,7 +141,7 @@ async def test_forged_unknown_replayed_tampered_and_invented_origin_messages_are
         ]
         for name, body, status in cases:
             assert await post(url, body) == status, name
-        assert not target.inbox, "nothing refused may be buffered"
+        assert not target.inbox.slots, "nothing refused may be buffered"
         assert await post(url, good) == 200
         assert await post(url, good) == 409  # the same message again: a replay
         # a merge message from the trusted neighbour inventing a member: origin 99 signed by
@@ -155,7 +155,7 @@ async def test_forged_unknown_replayed_tampered_and_invented_origin_messages_are
         altered = Message("merge", 1, 2, 2, 1, [(1, fake + 1)], "f32", False,
                           {1: neighbour.identity.sign_origin(2, encode(fake, "f32"))})
         assert await post(url, neighbour.identity.seal(encode_message(altered, size))) == 401
-        assert list(target.inbox) == [("model", 0, 0)]  # only the one good message
+        assert list(target.inbox.slots) == [("model", 0, 0)]  # only the one good message
         assert torch.equal(target.learner.vector(), before)
         assert target.rejected[401] == 6 and target.rejected[403] == 3
     finally:
@@ -186,7 +186,7 @@ async def test_a_far_future_round_from_one_neighbour_skips_no_round(tmp_path):
     for p, s in zip(peers, summaries):
         assert s["rounds_completed"] == rounds
         assert p.completed_rounds == rounds
-    assert peers[1].neighbour_round[0] == 2**40  # the claim was heard, and did not move it
+    assert peers[1].neighbourhood.claimed[0] == 2**40  # the claim was heard, and did not move it
 
 
 async def test_a_huge_finite_vector_leaves_the_receivers_model_finite(tmp_path):

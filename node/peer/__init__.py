@@ -3,5 +3,6 @@ and ``python -m node``."""
 
 from node.peer.observe import FINAL_SUMMARY, JsonLog, LogEvent, read_log, rss_megabytes
 from node.peer.protocol import Peer
+from node.peer.runtime import Runtime
 
-__all__ = ["FINAL_SUMMARY", "JsonLog", "LogEvent", "Peer", "read_log", "rss_megabytes"]
+__all__ = ["FINAL_SUMMARY", "JsonLog", "LogEvent", "Peer", "read_log", "rss_megabytes", "Runtime"]

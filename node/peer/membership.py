@@ -38,11 +38,13 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
-from gossip.auth import AuthError
+from gossip import Transport
+from gossip.auth import AuthError, Identity, TrustStore
+from gossip.backoff import join_introduction, join_retry
 from gossip.membership import (
     Control,
     Descriptor,
@@ -51,14 +53,16 @@ from gossip.membership import (
 )
 from gossip.messages import Message
 from node.learning import derive_seed
+from node.peer.admission import refusal_reason
+from node.peer.neighbourhood import Neighbourhood
+from node.peer.observe import JsonLog, LogEvent
+from node.peer.phase import Phase
+from node.peer.runtime import Runtime
 
 if TYPE_CHECKING:
-    from node.config import MembershipSection
-    from node.peer.protocol import Peer
+    from node.config import MembershipSection, PeerConfig
 
 SKEW_MS = 60_000  # a descriptor issued this far in the future is refused (clock skew allowed)
-MAX_OTHER_BUCKETS = 1024  # rate-limit buckets kept for peers that are not neighbours
-OTHER_RATE = 20.0  # control messages per second from one peer that is not a neighbour
 ADDRESS_BOOK = 256  # addresses kept beyond those of neighbours, pending edges and the view
 
 
@@ -71,10 +75,47 @@ class JoinError(RuntimeError):
         self.code = code
 
 
+class PeerSide(Protocol):
+    """What membership needs of its peer: its services (identity, trust, transport, runtime,
+    log), its neighbourhood and progress, and the few actions that change them. ``Peer``
+    (node/peer/protocol.py) provides it; a test can provide a small fake."""
+
+    id: int
+    config: PeerConfig
+    identity: Identity
+    trust: TrustStore
+    transport: Transport
+    runtime: Runtime
+    log: JsonLog
+    neighbourhood: Neighbourhood
+    completed_rounds: int
+    resumed: bool
+
+    @property
+    def phase(self) -> Phase: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def add_neighbour(self, j: int) -> None: ...
+
+    def drop_neighbour(self, j: int, *, reason: str) -> None: ...
+
+    def adopt_state(self, message: Message) -> None: ...
+
+    def state_message(self) -> Message: ...
+
+    def wake(self) -> None: ...
+
+    def in_background(self, coroutine: Coroutine[Any, Any, Any]) -> None: ...
+
+    def seal(self, message: Message) -> bytes: ...
+
+
 class Membership:
     """The membership state and protocol of one peer (see the module docstring)."""
 
-    def __init__(self, peer: Peer, section: MembershipSection, *, seed: int):
+    def __init__(self, peer: PeerSide, section: MembershipSection, *, seed: int):
         self.peer, self.cfg = peer, section
         self.view = PeerView(peer.id, section.view_size,
                              random.Random(derive_seed(seed, "membership", peer.id)))
@@ -93,7 +134,6 @@ class Membership:
         self._state_from: int | None = None
         self._viewed = asyncio.Event()
         self._descriptor: Descriptor | None = None
-        self._buckets: OrderedDict[int, Any] = OrderedDict()
         self._expired: OrderedDict[int, bool] = OrderedDict()  # agreements whose slot expired
         self.outgoing: set[int] = set()  # neighbours this peer asked for
         self._remembered: OrderedDict[str, bool] = OrderedDict()  # URLs of peers once known
@@ -104,9 +144,7 @@ class Membership:
     def now_ms(self) -> int:
         """Descriptor time: wall-clock milliseconds for a real peer (peers on different
         machines compare them), the simulated clock in the simulator."""
-        if self.peer.inline:
-            return int(asyncio.get_running_loop().time() * 1000)
-        return int(time.time() * 1000)
+        return self.peer.runtime.wall_ms()
 
     @property
     def url(self) -> str:
@@ -128,22 +166,10 @@ class Membership:
         if not now - self.cfg.forget_after_s * 1000 <= d.issued <= now + SKEW_MS:
             raise AuthError(409, "a view entry that is stale or from the future")
         self.peer.trust.verify_descriptor(d.peer, d.url, d.issued, d.signature, d.credential)
-        if not self.peer.inline:
+        if not self.peer.runtime.vouched:  # an in-memory network has no schemes
             secure = d.url.startswith("https://")
             if secure != (self.peer.config.tls.enabled):
                 raise AuthError(403, "a view entry at an address of the other scheme (TLS)")
-
-    def bucket_for(self, sender: int):
-        """The rate limit of a sender that is not a neighbour (a bounded LRU of buckets)."""
-        from node.peer.protocol import TokenBucket
-
-        bucket = self._buckets.get(sender)
-        if bucket is None:
-            bucket = self._buckets[sender] = TokenBucket(OTHER_RATE, 2 * OTHER_RATE)
-            if len(self._buckets) > MAX_OTHER_BUCKETS:
-                self._buckets.popitem(last=False)
-        self._buckets.move_to_end(sender)
-        return bucket
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -160,7 +186,7 @@ class Membership:
             timeout or self.peer.config.gossip.deadline_ceiling_s, retry=False)
 
     def _tell_later(self, peer: int, kind: str, descriptors: list[Descriptor] = ()) -> None:
-        self.peer._in_background(self._tell(peer, kind, descriptors))
+        self.peer.in_background(self._tell(peer, kind, descriptors))
 
     def _learn(self, d: Descriptor) -> None:
         """Remember where ``d``'s peer listens; the address book stays bounded: beyond
@@ -168,9 +194,9 @@ class Membership:
         nor awaited in a shuffle are forgotten (joiners and shufflers come and go)."""
         transport = self.peer.transport
         transport.learn(d.peer, d.url)
-        book = getattr(transport, "peers", None)
-        if book is not None and len(book) > ADDRESS_BOOK:
-            keep = self.peer.neighbours | set(self.view.entries) | set(self.pending) | \
+        book = transport.known_peers()
+        if len(book) > ADDRESS_BOOK:
+            keep = self.peer.neighbourhood.members | set(self.view.entries) | set(self.pending) | \
                 set(self._shuffled) | {d.peer}
             for j in [j for j in book if j not in keep]:
                 transport.forget(j)
@@ -198,7 +224,7 @@ class Membership:
         sample = self.view.sample(self.cfg.view_size - 1, exclude={sender})
         self.view.add(own)
         self.events["joins_served"] += 1
-        self.peer.log.write("join_served", joiner=sender)
+        self.peer.log.write(LogEvent.JOIN_SERVED, joiner=sender)
         self._tell_later(sender, "view", [self.descriptor(), *sample])
         return 200, "ok"
 
@@ -231,15 +257,15 @@ class Membership:
 
     def _on_link(self, sender: int, message: Control, own: Descriptor) -> tuple[int, str]:
         p = self.peer
-        if p.state in ("merging", "done", "stopped") or p._stop:
+        if p.phase.finishing or p.stopping:
             return 409, "merging or stopping: no new edges"
-        if sender in p.neighbours:
+        if sender in p.neighbourhood.members:
             return 200, "ok"
-        if len(p.neighbours) + len(self.pending) >= self.cfg.max_links:
+        if len(p.neighbourhood.members) + len(self.pending) >= self.cfg.max_links:
             return 429, "this peer has as many neighbours as it accepts"
         self._learn(own)
         self.view.add(own)
-        self.pending[sender] = p._now()
+        self.pending[sender] = p.runtime.now()
         return 200, "ok"
 
     def _on_linked(self, sender: int, message: Control, own: Descriptor | None
@@ -251,7 +277,7 @@ class Membership:
     def _on_unlink(self, sender: int, message: Control, own: Descriptor | None
                    ) -> tuple[int, str]:
         self.pending.pop(sender, None)
-        if sender in self.peer.neighbours:
+        if sender in self.peer.neighbourhood.members:
             self.events["unlinks"] += 1
             self.peer.drop_neighbour(sender, reason="unlinked")
         return 200, "ok"
@@ -260,13 +286,13 @@ class Membership:
         """A neighbour stops: with open membership it is dropped now; with a static graph it is
         suspected now (not waited for) and is back when it speaks again."""
         p = self.peer
-        if sender not in p.neighbours and sender not in self.pending:
+        if sender not in p.neighbourhood.members and sender not in self.pending:
             return 403, "not a neighbour"
         self.events["left"] += 1
         if not self.cfg.enabled:
-            p.suspect.add(sender)
-            p.log.write("neighbour_left", neighbour=sender)
-            p._arrived.set()
+            p.neighbourhood.suspect_of(sender)
+            p.log.write(LogEvent.NEIGHBOUR_LEFT, neighbour=sender)
+            p.wake()
             return 200, "ok"
         self.pending.pop(sender, None)
         self.view.remove(sender)
@@ -276,7 +302,7 @@ class Membership:
     def _on_state_request(self, sender: int, message: Control, own: Descriptor
                           ) -> tuple[int, str]:
         p = self.peer
-        if sender not in p.neighbours and sender not in self.pending:
+        if sender not in p.neighbourhood.members and sender not in self.pending:
             return 403, "state is sent to neighbours only"
         if self.joining:  # its own model is not the network's yet (tests/test_membership.py)
             return 429, "joining itself: no state to give yet; ask another neighbour"
@@ -284,7 +310,7 @@ class Membership:
             return 429, "serving as many joiners as allowed: ask another neighbour"
         self.serving += 1
         self.most_served_at_once = max(self.most_served_at_once, self.serving)
-        p._in_background(self._donate(sender))
+        p.in_background(self._donate(sender))
         return 200, "ok"
 
     async def _donate(self, joiner: int) -> None:
@@ -293,11 +319,10 @@ class Membership:
             # a snapshot: the peer may be training in its worker thread meanwhile, and a vector
             # that changes between the envelope's hash and its copy fails the joiner's signature
             # check (a joiner of tests/test_launch.py got 401 'bad signature' from its donor)
-            message = Message("state", p.id, p.completed_rounds, 0, len(p.neighbours),
-                              [(p.id, p.learner.vector().detach().clone())], "f32")
-            status = await p.transport.send(joiner, p._body(message),
+            message = p.state_message()
+            status = await p.transport.send(joiner, p.seal(message),
                                             p.config.gossip.deadline_ceiling_s, retry=False)
-            p.log.write("state_sent", joiner=joiner, round=p.completed_rounds, status=status)
+            p.log.write(LogEvent.STATE_SENT, joiner=joiner, round=p.completed_rounds, status=status)
         finally:
             self.serving -= 1
 
@@ -315,13 +340,14 @@ class Membership:
         too. True when ``sender`` is (now) a neighbour. An agreement whose pending slot expired
         (the asker's first round took long) still counts if there is room."""
         p = self.peer
-        if sender in p.neighbours:
+        if sender in p.neighbourhood.members:
             return True
-        if p._stop:
+        if p.stopping:
             return False
         if self.pending.pop(sender, None) is None:
-            if self._expired.pop(sender, None) is None or p.state in ("merging", "done") or \
-                    len(p.neighbours) + len(self.pending) >= self.cfg.max_links:
+            if self._expired.pop(sender, None) is None or \
+                    p.phase in (Phase.MERGING, Phase.DONE) or \
+                    len(p.neighbourhood.members) + len(self.pending) >= self.cfg.max_links:
                 return False
         self._add(sender, how="accepted")
         return True
@@ -331,7 +357,8 @@ class Membership:
         if how == "asked":
             self.outgoing.add(j)
         self.peer.add_neighbour(j)
-        self.peer.log.write("linked", neighbour=j, how=how, degree=len(self.peer.neighbours))
+        self.peer.log.write(LogEvent.LINKED, neighbour=j, how=how,
+                            degree=len(self.peer.neighbourhood))
 
     async def link(self, d: Descriptor) -> bool:
         """Ask ``d``'s peer for an edge; True when it agreed (it then counts for both)."""
@@ -340,8 +367,8 @@ class Membership:
         if status == 200:
             # the cap is checked again: edges accepted (or held pending for their asker) while
             # the request was in flight count
-            if self.peer.state not in ("merging", "done", "stopped") and \
-                    len(self.peer.neighbours) + len(self.pending) < self.cfg.max_links:
+            if not self.peer.phase.finishing and \
+                    len(self.peer.neighbourhood.members) + len(self.pending) < self.cfg.max_links:
                 self._add(d.peer, how="asked")
                 self._tell_later(d.peer, "linked")
                 return True
@@ -353,7 +380,7 @@ class Membership:
 
     def asked_edges(self) -> set[int]:
         """The neighbours this peer asked for (its out-edges; the others asked it)."""
-        self.outgoing &= self.peer.neighbours
+        self.outgoing &= self.peer.neighbourhood.members
         return self.outgoing
 
     async def link_up(self, *, limit: int | None = None) -> None:
@@ -365,10 +392,11 @@ class Membership:
         study_membership.py: 7-17 components of 200 peers)."""
         p = self.peer
         tries = 0
-        for d in self.view.sample(self.cfg.view_size, exclude=p.neighbours | set(self.pending)):
+        exclude = p.neighbourhood.members | set(self.pending)
+        for d in self.view.sample(self.cfg.view_size, exclude=exclude):
             if len(self.asked_edges()) >= self.cfg.links or \
-                    len(p.neighbours) + len(self.pending) >= self.cfg.max_links or \
-                    (limit is not None and tries >= limit) or p._stop:
+                    len(p.neighbourhood.members) + len(self.pending) >= self.cfg.max_links or \
+                    (limit is not None and tries >= limit) or p.stopping:
                 return
             tries += 1
             await self.link(d)
@@ -381,18 +409,19 @@ class Membership:
         p = self.peer
         silent_for = 2 * p.config.gossip.deadline_ceiling_s
         for j in list(self.suspect_since):
-            if j not in p.suspect or j not in p.neighbours:
+            if j not in p.neighbourhood.suspect or j not in p.neighbourhood.members:
                 del self.suspect_since[j]
-        for j in sorted(p.suspect & p.neighbours):
+        for j in sorted(p.neighbourhood.suspect & p.neighbourhood.members):
             self.suspect_since.setdefault(j, round_index)
-            heard = p._last_heard.get(j, -math.inf)
-            if self.cfg.enabled and p._now() - heard >= silent_for and \
+            heard = p.neighbourhood.last_heard.get(j, -math.inf)
+            if self.cfg.enabled and p.runtime.now() - heard >= silent_for and \
                     round_index - self.suspect_since[j] >= self.cfg.drop_suspect_rounds:
                 self.events["dropped"] += 1
                 self.view.remove(j)
                 self._tell_later(j, "unlink")
                 p.drop_neighbour(j, reason="suspect")
-        stale = p._now() - max(self.cfg.forget_after_s, 4 * p.config.gossip.deadline_ceiling_s)
+        stale = p.runtime.now() - max(self.cfg.forget_after_s,
+                                      4 * p.config.gossip.deadline_ceiling_s)
         for j in [j for j, at in self.pending.items() if at < stale]:
             del self.pending[j]
             self._expired[j] = True  # still agreed: counted if its first message comes
@@ -408,7 +437,7 @@ class Membership:
         once knew (found by the launcher's join mode: a peer whose neighbours all left trained
         alone to the end)."""
         p = self.peer
-        while not p._stop and p.state not in ("done", "stopped"):
+        while not p.stopping and p.phase not in (Phase.DONE, Phase.STOPPED):
             await asyncio.sleep(self.cfg.shuffle_every_s)
             for d in self.view.entries.values():
                 self._remembered[d.url] = True
@@ -417,12 +446,12 @@ class Membership:
                 self._remembered.popitem(last=False)
             for gone in self.view.expire(self.now_ms(), self.cfg.forget_after_s * 1000):
                 self.events["forgotten"] += 1
-                if gone not in p.neighbours:
+                if gone not in p.neighbourhood.members:
                     p.transport.forget(gone)
-            if p.state in ("merging", "done", "stopped"):
+            if p.phase.finishing:
                 await self.shuffle()
                 continue
-            if not p.neighbours and not self.view and not self.joining:
+            if not p.neighbourhood.members and not self.view and not self.joining:
                 await self.reintroduce()
             await self.shuffle()
             await self.link_up(limit=1)
@@ -442,7 +471,7 @@ class Membership:
                     url, self._control("join", [self.descriptor()]),
                     self.peer.config.gossip.deadline_ceiling_s, retry=False)
                 if status == 200:
-                    self.peer.log.write("reintroduced", via=url)
+                    self.peer.log.write(LogEvent.REINTRODUCED, via=url)
                     try:
                         await asyncio.wait_for(self._viewed.wait(),
                                                self.peer.config.gossip.deadline_ceiling_s)
@@ -459,7 +488,7 @@ class Membership:
         if partner is None or len(self.view) < self.cfg.shuffle_length:
             # a young view (a bootstrap peer, or neighbours from a static table): shuffle with a
             # neighbour too, which brings its descriptor and its view into this one
-            others = sorted(self.peer.neighbours - self.peer.suspect - set(self.view.entries))
+            others = sorted(self.peer.neighbourhood.live() - set(self.view.entries))
             if others:
                 neighbour = self.rng.choice(others)
                 sent = self.view.sample(self.cfg.shuffle_length - 1, exclude={neighbour})
@@ -481,7 +510,7 @@ class Membership:
         status = await self._tell(partner, "shuffle", [self.descriptor(), *sent])
         if status != 200:
             self._shuffled.pop(partner, None)
-            if partner not in self.peer.neighbours:
+            if partner not in self.peer.neighbourhood.members:
                 self.peer.transport.forget(partner)
         else:
             self.view.add(d)  # it answered: keep it (its reply brings a fresher one)
@@ -494,43 +523,43 @@ class Membership:
         JoinError when nobody admits it."""
         p, cfg = self.peer, self.cfg
         self.joining = True
-        started = p._now()
+        started = p.runtime.now()
         deadline = started + cfg.join_timeout_s
         try:
             await self._introduce(urls, deadline)
-            left = max(0.0, deadline - p._now())
+            left = max(0.0, deadline - p.runtime.now())
             try:
                 await asyncio.wait_for(self._viewed.wait(), min(left,
                                                                 p.config.gossip.deadline_ceiling_s))
             except asyncio.TimeoutError:
-                p.log.write("join_no_view", note="no view arrived; linking from what is known")
-            backoff = 0.2
-            while not p.neighbours and not p._stop:
+                p.log.write(LogEvent.JOIN_NO_VIEW,
+                            note="no view arrived; linking from what is known")
+            backoff = join_retry()
+            while not p.neighbourhood.members and not p.stopping:
                 await self.link_up()
-                if p.neighbours or p._now() + backoff > deadline:
+                if p.neighbourhood.members or p.runtime.now() + backoff.peek() > deadline:
                     break
-                await asyncio.sleep(backoff)
-                backoff = min(2 * backoff, 2.0)
-            if not p.neighbours:
+                await asyncio.sleep(backoff.delay())
+            if not p.neighbourhood.members:
                 raise JoinError("admitted, but no peer of the view accepted an edge within "
                                 f"{cfg.join_timeout_s:g} s ([membership] join_timeout_s)", 4)
             state = await self._fetch_state(deadline)
         except JoinError as exc:
-            p.log.write("join_failed", reason=str(exc))
+            p.log.write(LogEvent.JOIN_FAILED, reason=str(exc))
             raise
         finally:
             self.joining = False
         self.joined = {"round": p.completed_rounds, "donor": state.sender if state else None,
-                       "after_s": round(p._now() - started, 3),
-                       "neighbours": sorted(p.neighbours)}
-        p.log.write("joined", **self.joined)
+                       "after_s": round(p.runtime.now() - started, 3),
+                       "neighbours": sorted(p.neighbourhood.members)}
+        p.log.write(LogEvent.JOINED, **self.joined)
 
     async def _introduce(self, urls: list[str], deadline: float) -> None:
         p = self.peer
-        backoff, attempts = 0.2, 0
+        backoff, attempts = join_introduction(), 0
         while True:
             for url in self.rng.sample(urls, len(urls)):
-                left = deadline - p._now()
+                left = deadline - p.runtime.now()
                 if left <= 0:
                     break
                 attempts += 1
@@ -538,33 +567,31 @@ class Membership:
                     url, self._control("join", [self.descriptor()]),
                     min(left, p.config.gossip.deadline_ceiling_s), retry=False)
                 if status == 200:
-                    p.log.write("admitted", via=url)
+                    p.log.write(LogEvent.ADMITTED, via=url)
                     return
                 if status in (401, 403):
-                    from node.peer.protocol import refusal_reason
-
                     raise JoinError(
                         f"refused admission by {url}: {status} {refusal_reason(status)} -- this "
                         "network admits peers whose key its trust store lists or that hold a "
                         "certificate of its authority ([trust] certificate; python -m node keys "
                         "issue)", 3)
-            if p._now() >= deadline or p._stop:
+            if p.runtime.now() >= deadline or p.stopping:
                 raise JoinError(f"no bootstrap peer admitted this peer within "
                                 f"{self.cfg.join_timeout_s:g} s ({attempts} attempts to "
                                 f"{', '.join(urls)}); check the URLs and that they run with "
                                 "[membership] dynamic", 4)
             # the last wait ends at the deadline, so the attempts span all of join_timeout_s
-            await asyncio.sleep(max(0.0, min(backoff, deadline - p._now())))
-            backoff = min(2 * backoff, 5.0)
+            await asyncio.sleep(backoff.delay(deadline - p.runtime.now()))
 
     async def _fetch_state(self, deadline: float) -> Message | None:
         """The current model and round from a neighbour (busy donors answer 429; the next
         neighbour is asked, then all again after a backoff). None when no donor sent one in
         time, or a resumed peer is not behind: it keeps its own model."""
         p = self.peer
-        backoff = 0.2
-        while not p._stop:
-            for donor in self.rng.sample(sorted(p.neighbours), len(p.neighbours)):
+        backoff = join_retry()
+        while not p.stopping:
+            donors = sorted(p.neighbourhood.members)
+            for donor in self.rng.sample(donors, len(donors)):
                 self._state = asyncio.get_running_loop().create_future()
                 self._state_from = donor
                 status = await self._tell(donor, "state_request", [self.descriptor()])
@@ -572,7 +599,7 @@ class Membership:
                     continue
                 try:
                     message = await asyncio.wait_for(
-                        self._state, max(0.1, min(deadline - p._now(),
+                        self._state, max(0.1, min(deadline - p.runtime.now(),
                                                   2 * p.config.gossip.deadline_ceiling_s)))
                 except asyncio.TimeoutError:
                     continue
@@ -581,24 +608,23 @@ class Membership:
                 if message.round > p.completed_rounds or not p.resumed:
                     p.adopt_state(message)
                 return message
-            if p._now() + backoff > deadline:
-                p.log.write("no_state", note="no neighbour sent its model in time: training "
+            if p.runtime.now() + backoff.peek() > deadline:
+                p.log.write(LogEvent.NO_STATE, note="no neighbour sent its model in time: training "
                             "from this peer's own model")
                 return None
-            await asyncio.sleep(backoff)
-            backoff = min(2 * backoff, 2.0)
+            await asyncio.sleep(backoff.delay())
         return None
 
     async def leave(self) -> None:
         """Tell every neighbour (and pending edge) that this peer stops; bounded by the
         deadline ceiling."""
         p = self.peer
-        to = sorted(p.neighbours | set(self.pending))
+        to = sorted(p.neighbourhood.members | set(self.pending))
         if not to:
             return
         await asyncio.wait([asyncio.ensure_future(self._tell(j, "leave")) for j in to],
                            timeout=p.config.gossip.deadline_ceiling_s)
-        p.log.write("left", told=to)
+        p.log.write(LogEvent.LEFT, told=to)
 
     def status(self) -> dict[str, Any]:
         return {"dynamic": self.cfg.enabled, "view": sorted(self.view.entries),
@@ -611,6 +637,6 @@ class Membership:
         """URLs of the peers this one knows (kept in the checkpoint: a restarted peer rejoins
         through them)."""
         urls = {d.url for d in self.view.entries.values()}
-        urls |= {u for j in self.peer.neighbours
-                 if (u := getattr(self.peer.transport, "peers", {}).get(j))}
+        urls |= {u for j in self.peer.neighbourhood.members
+                 if (u := self.peer.transport.address_of(j))}
         return sorted(urls)[:64]
