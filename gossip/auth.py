@@ -48,7 +48,7 @@ import hashlib
 import os
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -302,7 +302,7 @@ class TrustStore:
     peers: dict[int, bytes] = field(default_factory=dict)
     authorities: dict[bytes, Ed25519PublicKey] = field(default_factory=dict)
     pinned: dict[int, bytes] = field(default_factory=dict)
-    clock: object = time.time
+    clock: Callable[[], float] = time.time
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -331,6 +331,8 @@ class TrustStore:
                                                                               credential))
         if self.mode == "open" and len(credential) in (KEY_SIZE, CERTIFICATE_SIZE):
             key = credential if len(credential) == KEY_SIZE else _certified_key(credential)
+            if key is None:
+                raise AuthError(401, "malformed certificate")
             pinned = self.pinned.get(sender)
             if pinned is None:
                 if len(self.pinned) >= MAX_PINNED:

@@ -19,7 +19,8 @@ class TokenBucket:
 
     def __init__(self, rate: float, burst: float):
         self.rate, self.burst = rate, burst
-        self.tokens, self.at = burst, None
+        self.tokens = burst
+        self.at: float | None = None  # when the last event was asked for; None: never
 
     def take(self, now: float) -> bool:
         if self.at is not None:

@@ -39,7 +39,7 @@ import asyncio
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gossip import Transport
@@ -173,19 +173,19 @@ class Membership:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def _control(self, kind: str, descriptors: list[Descriptor] = ()) -> bytes:
+    def _control(self, kind: str, descriptors: Sequence[Descriptor] = ()) -> bytes:
         body = self.peer.identity.seal(encode_control(Control(
             kind, self.peer.id, self.peer.completed_rounds, tuple(descriptors))))
         self.traffic["bytes_out"] += len(body)
         return body
 
-    async def _tell(self, peer: int, kind: str, descriptors: list[Descriptor] = (), *,
+    async def _tell(self, peer: int, kind: str, descriptors: Sequence[Descriptor] = (), *,
                     timeout: float | None = None) -> int | None:
         return await self.peer.transport.send(
             peer, self._control(kind, descriptors),
             timeout or self.peer.config.gossip.deadline_ceiling_s, retry=False)
 
-    def _tell_later(self, peer: int, kind: str, descriptors: list[Descriptor] = ()) -> None:
+    def _tell_later(self, peer: int, kind: str, descriptors: Sequence[Descriptor] = ()) -> None:
         self.peer.in_background(self._tell(peer, kind, descriptors))
 
     def _learn(self, d: Descriptor) -> None:

@@ -97,7 +97,7 @@ class JsonLog:
             self.echo(record)
 
     def close(self) -> None:
-        if self._owned:
+        if self._owned and self._fh is not None:
             self._fh.close()
 
 

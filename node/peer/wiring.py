@@ -22,6 +22,14 @@ from node.peer.observe import JsonLog, LogEvent
 from node.peer.runtime import Runtime
 
 
+def peer_id(cfg: PeerConfig) -> int:
+    """``[peer] id``: PeerConfig's validation requires it, so None here is a config built
+    without validation (``model_construct``)."""
+    if cfg.peer.id is None:
+        raise ValueError("[peer] id must be set to this peer's id (>= 0)")
+    return cfg.peer.id
+
+
 def load_peer_data(cfg: PeerConfig) -> Dataset:
     """The data set a peer's [data] section names (its shard is cut later, by peer_split): a
     shared source gets a held-out test set when split into shards (every peer of an experiment
@@ -58,7 +66,7 @@ def peer_split(cfg: PeerConfig, data: Dataset) -> tuple[torch.Tensor, tuple | No
         return shard, read_file(d.format or "", d.validation_path, label=d.label)
     if d.validation_fraction > 0:
         kept, held = hold_out(len(shard), fraction=d.validation_fraction,
-                              seed=derive_seed(cfg.run.seed, "validation", cfg.peer.id))
+                              seed=derive_seed(cfg.run.seed, "validation", peer_id(cfg)))
         if len(kept) == 0:
             raise ValueError(f"[data] validation_fraction {d.validation_fraction} leaves no "
                              f"training sample of this peer's {len(shard)}")
@@ -85,6 +93,8 @@ def http_transport(cfg: PeerConfig) -> HttpTransport:
             raise ValueError(f"[peer] status_token_file {p.status_token_file} is empty")
     ssl_server = ssl_client = None
     if tls.enabled:
+        # TlsSection's validation: the three files are set together or not at all
+        assert tls.cert_file and tls.key_file and tls.ca_file
         ssl_server = server_ssl_context(tls.cert_file, tls.key_file, tls.ca_file)
         ssl_client = client_ssl_context(tls.ca_file, tls.cert_file, tls.key_file)
     host, port = p.host_port
@@ -101,7 +111,7 @@ def identity_and_trust(cfg: PeerConfig, runtime: Runtime, log: JsonLog
     """The peer's signing identity and whom it trusts. A runtime whose network vouches for
     senders (the simulator's in-memory hub) needs no keys."""
     if runtime.vouched:
-        return Identity(cfg.peer.id), TrustStore(mode="modelled")
+        return Identity(peer_id(cfg)), TrustStore(mode="modelled")
     private_folder(Path(cfg.peer.state_dir))
     identity, created = identity_for(cfg)
     store = trust_store_for(cfg)
