@@ -36,11 +36,10 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +48,11 @@ import numpy as np
 
 from gossip import InMemoryHub
 from mixing import consensus_distance
-from node.config import SimConfig
-from node.peer import JsonLog, Peer, Runtime
+from node.config import PeerConfig, SimConfig
+from node.learning import Dataset
+from node.peer import JsonLog, LogEvent, Peer, Runtime
 from node.peer.checkpoint import load_checkpoint
+from node.peer.observe import parse_log
 from sim.clock import run_simulated
 from sim.engine import Observer, Simulation
 from sim.scenario import Event
@@ -59,15 +60,8 @@ from topology import metropolis_hastings_matrix, spectral_gap
 
 POLL_S = 0.001  # simulated seconds between the controller's looks at the peers
 
-
-def peer_refusal(config: SimConfig) -> str | None:
-    if config.graph.data_fraction < 1.0:
-        return "[graph] data_fraction: a real peer always holds a data shard"
-    if config.attack.phi is not None:
-        return "[attack] phi: Sybil identities exist in the reference engine only"
-    if config.data.dataset == "digits" and config.graph.nodes > 1347:
-        return "more peers than digits training images"
-    return None
+# a round's figures taken when it is done everywhere: the graph then, and the row's extra keys
+Snapshot = tuple[nx.Graph, dict[str, Any]]
 
 
 STATIC_EDGE_KINDS = ("link-failure", "partition")  # they cut edges of the static [graph]
@@ -101,31 +95,50 @@ def overlay_metrics(graph: nx.Graph) -> dict[str, Any]:
 
 
 class PeerSimulation(Simulation):
-    """Build with :meth:`from_config`; :meth:`run` returns the same summary as the others."""
+    """Build with :meth:`from_config`; :meth:`run` returns the same summary as the others.
+
+    What ``--engine peers`` cannot run (a relay without data, Sybil identities) is refused by
+    sim.engines.build_simulation before anything is built; ``from_config`` refuses only what
+    this class finds itself (a time-varying graph, events the network does not allow)."""
 
     engine_name = "peers"
     work_s: float = 0.05
 
+    # set by from_config (Simulation, a dataclass, holds what the engines share)
+    _model_factory: Callable[..., Any] | None
+    _folder: Path  # the peers' state folders (removed after the run)
+    _configs: list[PeerConfig]
+    _logs: dict[int, io.StringIO]  # each peer's JSON log
+    peers: dict[int, Peer]  # the current Peer object of each id
+    tasks: dict[int, asyncio.Task]  # each peer's run()
+    lives: dict[int, list[Peer]]  # every Peer object of each id (rejoins add one)
+    dynamic: bool  # [membership] dynamic: an open network
+    arrivals: dict[int, int]  # peer -> the round it arrives at
+    departed: dict[int, int]  # peer -> the round it left (its latest departure)
+    initial: list[int]  # the peers started at round 0
+    bootstrap: list[int]  # an open network's bootstrap peers (the initial ones)
+    # set by the run
+    hub: InMemoryHub
+    _pending: list[int]  # peers to (re)start once the round's events are applied
+    _round: int
+    _arrived: list[int]  # arrivals started so far
+
     @classmethod
     def from_config(cls, config: SimConfig, observers: Iterable[Observer] = (),
-                    events: Sequence[Event] = (), **sources) -> PeerSimulation:
-        reason = peer_refusal(config)
-        if reason:
-            raise ValueError(f"--engine peers: {reason}")
-        sim = super().from_config(config, observers, events, **sources)
-        sim._model_factory = sources.get("model_factory")
+                    events: Sequence[Event] = (), *, data: Dataset | None = None,
+                    model_factory: Callable[..., Any] | None = None) -> PeerSimulation:
+        sim = super().from_config(config, observers, events, data=data,
+                                  model_factory=model_factory)
         if sim.topology.time_varying:
             raise ValueError("--engine peers: real peers need a static graph")
+        sim._model_factory = model_factory
         sim._folder = Path(tempfile.mkdtemp(prefix="peers-"))
         nodes = config.graph.nodes
         sim._configs = config.peer_configs([("127.0.0.1", 1)] * nodes, sim._folder)
         sim._logs = {i: io.StringIO() for i in range(nodes)}
-        sim.peers: dict[int, Peer] = {}
-        sim.tasks: dict[int, asyncio.Task] = {}
-        sim.lives: dict[int, list[Peer]] = {}  # every Peer object of each id (rejoins add one)
+        sim.peers, sim.tasks, sim.lives = {}, {}, {}
         sim.dynamic = config.membership.enabled
-        sim.arrivals: dict[int, int] = {}  # peer -> the round it arrives at
-        sim.departed: dict[int, int] = {}  # peer -> the round it left (its latest departure)
+        sim.arrivals, sim.departed = {}, {}
         sim.initial = list(range(nodes))
         if sim.dynamic:
             sim._open_network(config, list(events))
@@ -229,52 +242,78 @@ class PeerSimulation(Simulation):
             await asyncio.sleep(POLL_S)
 
     async def _run(self) -> dict[str, Any]:
-        cfg = self.config.run
         self.hub = InMemoryHub()
-        self._pending: list[int] = []
-        self._round = 0
-        self._arrived: list[int] = []  # arrivals started so far
+        self._pending, self._round, self._arrived = [], 0, []
         start = time.perf_counter()
         for obs in self.observers:
             obs.on_start(self)
+        await self._start_initial_peers()
+        base = self.topology.graph_at(0)
+        graph = self._current_graph(base)
+        arriving = self._arrivals_by_round()
+        snapshots: dict[int, Snapshot] = {}
+        rounds = self.config.run.rounds
+        for t in range(rounds):
+            self._round = t
+            await self._until_round_done(t)
+            if t > 0:
+                graph = self._current_graph(graph)
+                snapshots[t] = (graph, self._snapshot_row(t, graph))
+            if self.timeline is not None:
+                graph = self._apply_round_events(t, base, graph)
+                await self._start_newcomers(arriving.get(t, []))
+        await self._until_round_done(rounds)
+        graph = self._current_graph(graph)
+        snapshots[rounds] = (graph, self._snapshot_row(rounds, graph))
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        return self._report(snapshots, graph, start)
+
+    async def _start_initial_peers(self) -> None:
+        """Build every initial peer, then start each (it listens), then run them all."""
         for i in self.initial:
             self._spawn(i)
         for i in self.initial:
             await self.peers[i].start()
         self.tasks = {i: asyncio.create_task(p.run()) for i, p in self.peers.items()}
-        base = self.topology.graph_at(0)
-        graph = self.overlay() if self.dynamic else base
+
+    def _arrivals_by_round(self) -> dict[int, list[int]]:
+        """Round -> the peers that arrive at it (in id order)."""
         arriving: dict[int, list[int]] = {}
         for v, r in sorted(self.arrivals.items()):
             arriving.setdefault(r, []).append(v)
-        snapshots: dict[int, tuple[nx.Graph, float]] = {}
-        for t in range(cfg.rounds):
-            self._round = t
-            await self._until_round_done(t)
-            if t > 0:
-                if self.dynamic:
-                    graph = self.overlay()
-                snapshots[t] = (graph, self._snapshot_row(t, graph))
-            if self.timeline is not None:
-                if self.dynamic:
-                    self._round_graph = graph  # what events select on (degree, betweenness)
-                    self.apply_events(t, base)
-                else:
-                    graph = self.apply_events(t, base)
-                    self.hub.down_links = {frozenset(e) for e in base.edges} - \
-                        {frozenset(e) for e in graph.edges}
-                for v in arriving.get(t, []):
-                    self.alive.add(v)
-                    self._arrived.append(v)
-                    self._pending.append(v)
-                for v in self._pending:
-                    await self._launch_peer(v)
-                self._pending.clear()
-        await self._until_round_done(cfg.rounds)
+        return arriving
+
+    def _current_graph(self, graph: nx.Graph) -> nx.Graph:
+        """The graph the metrics use now: an open network's overlay as the peers hold it, else
+        ``graph`` (the static graph with this round's events applied)."""
+        return self.overlay() if self.dynamic else graph
+
+    def _apply_round_events(self, t: int, base: nx.Graph, graph: nx.Graph) -> nx.Graph:
+        """Round ``t``'s events; returns the round's graph. On a static graph the edges that
+        the events cut become links the hub refuses; an open network's overlay is the peers'
+        own, and the events only select on it (degree, betweenness)."""
         if self.dynamic:
-            graph = self.overlay()
-        snapshots[cfg.rounds] = (graph, self._snapshot_row(cfg.rounds, graph))
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            self._round_graph = graph
+            self.apply_events(t, base)
+            return graph
+        graph = self.apply_events(t, base)
+        self.hub.down_links = {frozenset(e) for e in base.edges} - \
+            {frozenset(e) for e in graph.edges}
+        return graph
+
+    async def _start_newcomers(self, arriving: Sequence[int]) -> None:
+        """Start the peers the round's events brought back, then those arriving now."""
+        for v in arriving:
+            self.alive.add(v)
+            self._arrived.append(v)
+            self._pending.append(v)
+        for v in self._pending:
+            await self._launch_peer(v)
+        self._pending.clear()
+
+    def _report(self, snapshots: dict[int, Snapshot], graph: nx.Graph, start: float
+                ) -> dict[str, Any]:
+        """The rows (each told to the observers) and the summary (told at the end)."""
         rows = self._rows(snapshots, start)
         for row in rows:
             for obs in self.observers:
@@ -322,8 +361,7 @@ class PeerSimulation(Simulation):
         views = [len(self.peers[i].membership.view) for i in alive]
         one_sided = sum(1 for i in alive for j in self.peers[i].neighbours
                         if j not in self.alive or i not in self.peers[j].neighbours)
-        latencies = [self.lives[v][0].first_mix_s for v in self._arrived
-                     if self.lives[v][0].first_mix_s is not None]
+        latencies = [s for v in self._arrived if (s := self.lives[v][0].first_mix_s) is not None]
         return {"view_mean": float(np.mean(views)) if views else 0.0,
                 "view_max": max(views, default=0), **overlay_metrics(graph),
                 "one_sided_edges": one_sided, "arrived": len(self._arrived),
@@ -335,17 +373,10 @@ class PeerSimulation(Simulation):
         """Per arrival: its round, how it joined (round, donor, neighbours), its first mixed model
         and its first accuracy (after its first round, from its log); per restart (rejoin) the
         same for that life."""
-        first_acc: dict[int, float] = {}
-        for v, log in self._logs.items():
-            for line in log.getvalue().splitlines():
-                record = json.loads(line)
-                if record["event"] == "round" and record["accuracy"] is not None:
-                    first_acc[v] = record["accuracy"]
-                    break
         arrivals = {str(v): {"round": self.arrivals[v],
                              "joined": self.lives[v][0].membership.joined,
                              "first_mix_s": self.lives[v][0].first_mix_s,
-                             "first_accuracy": first_acc.get(v)}
+                             "first_accuracy": self._first_accuracy(v)}
                     for v in sorted(self._arrived)}
         rejoins = {str(v): [{"joined": p.membership.joined, "first_mix_s": p.first_mix_s}
                             for p in lives[1:]]
@@ -354,13 +385,20 @@ class PeerSimulation(Simulation):
                 "departed": {str(v): r for v, r in sorted(self.departed.items())},
                 "bootstrap": self.bootstrap, "initial": self.initial}
 
-    def _rows(self, snapshots: dict, start: float) -> list[dict[str, Any]]:
-        by_round: dict[int, list[dict]] = {}
-        for log in self._logs.values():
-            for line in log.getvalue().splitlines():
-                record = json.loads(line)
-                if record["event"] == "round":
-                    by_round.setdefault(record["round"], []).append(record)
+    def _first_accuracy(self, i: int) -> float | None:
+        """Peer ``i``'s accuracy after its first evaluated round (from its log), or None."""
+        return next((r["accuracy"] for r in self._round_records(i) if r["accuracy"] is not None),
+                    None)
+
+    def _round_records(self, i: int) -> list[dict[str, Any]]:
+        """Peer ``i``'s ``round`` log records (one per round it completed, every life)."""
+        return parse_log(self._logs[i].getvalue(), LogEvent.ROUND)
+
+    def _rows(self, snapshots: dict[int, Snapshot], start: float) -> list[dict[str, Any]]:
+        by_round: dict[int, list[dict[str, Any]]] = {}
+        for i in self._logs:
+            for record in self._round_records(i):
+                by_round.setdefault(record["round"], []).append(record)
         rows, messages, sent = [], 0, 0
         for r in sorted(by_round):
             records = by_round[r]

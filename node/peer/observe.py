@@ -102,14 +102,20 @@ class JsonLog:
 
 
 def read_log(path: str | os.PathLike, *events: str) -> list[dict[str, Any]]:
-    """The records of a peer's JSON log (only those of ``events`` when given); lines that are
-    not JSON objects (a line cut by a kill) are skipped."""
-    records = []
+    """The records of a peer's JSON log file (only those of ``events`` when given; none when
+    the file cannot be read); see ``parse_log``."""
     try:
-        lines = Path(path).read_text().splitlines()
+        text = Path(path).read_text()
     except OSError:
         return []
-    for line in lines:
+    return parse_log(text, *events)
+
+
+def parse_log(text: str, *events: str) -> list[dict[str, Any]]:
+    """The records of a peer's JSON log text (only those of ``events`` when given), in order;
+    lines that are not JSON objects (a line cut by a kill) are skipped."""
+    records = []
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except ValueError:
