@@ -140,6 +140,32 @@ def _read_csv(path: Path, label: str | None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _parse_csv(path: Path, reader: Any, label: str | None) -> tuple[np.ndarray, np.ndarray]:
+    columns = _csv_header(path, reader)
+    label_at = _label_column(path, columns, label)
+    features = [i for i in range(len(columns)) if i != label_at]
+    rows: list[list[float]] = []
+    labels: list[tuple[str, int]] = []  # (value, line number)
+    for row in reader:
+        line = reader.line_num
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue  # blank line
+        if len(row) != len(columns):
+            raise DataFileError(
+                f"{path}: line {line} has {len(row)} fields, the header has {len(columns)}"
+            )
+        rows.append(_csv_features(path, row, columns=columns, features=features, line=line))
+        cell = row[label_at].strip()
+        if not cell:
+            raise DataFileError(f"{path}: label column {_snippet(columns[label_at])}, line "
+                                f"{line} is empty")
+        labels.append((cell, line))
+    if not rows:
+        raise DataFileError(f"{path}: no data rows after the header")
+    return np.asarray(rows, dtype=np.float32), _csv_labels(path, columns[label_at], labels)
+
+
+def _csv_header(path: Path, reader: Any) -> list[str]:
+    """The column names of the first non-blank row (stripped); each must appear once."""
     header = next(reader, None)
     while header is not None and not header:  # leading blank lines
         header = next(reader, None)
@@ -151,6 +177,11 @@ def _parse_csv(path: Path, reader: Any, label: str | None) -> tuple[np.ndarray, 
         if name in seen:
             raise DataFileError(f"{path}: column {_snippet(name)} appears twice in the header")
         seen.add(name)
+    return columns
+
+
+def _label_column(path: Path, columns: list[str], label: str | None) -> int:
+    """Where the ``label`` column is; there must be one, and at least one feature beside it."""
     if label is None or label not in columns:
         listed = ", ".join(_snippet(c) for c in columns[:_MAX_LISTED])
         if len(columns) > _MAX_LISTED:
@@ -162,40 +193,26 @@ def _parse_csv(path: Path, reader: Any, label: str | None) -> tuple[np.ndarray, 
         raise DataFileError(f"{path}: {problem}; the columns are {listed}")
     if len(columns) < 2:
         raise DataFileError(f"{path}: no feature columns besides the label {_snippet(label)}")
-    label_at = columns.index(label)
-    features = [i for i in range(len(columns)) if i != label_at]
+    return columns.index(label)
 
-    rows: list[list[float]] = []
-    labels: list[tuple[str, int]] = []  # (value, line number)
-    for row in reader:
-        line = reader.line_num
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue  # blank line
-        if len(row) != len(columns):
+
+def _csv_features(path: Path, row: list[str], *, columns: list[str], features: list[int],
+                  line: int) -> list[float]:
+    """The feature cells of one csv row as numbers; each must be finite."""
+    values = []
+    for i in features:
+        cell = row[i].strip()
+        try:
+            value = float(cell)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
             raise DataFileError(
-                f"{path}: line {line} has {len(row)} fields, the header has {len(columns)}"
+                f"{path}: column {_snippet(columns[i])}, line {line}: "
+                f"{_snippet(cell)} is not a finite number"
             )
-        values = []
-        for i in features:
-            cell = row[i].strip()
-            try:
-                value = float(cell)
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
-                raise DataFileError(
-                    f"{path}: column {_snippet(columns[i])}, line {line}: "
-                    f"{_snippet(cell)} is not a finite number"
-                )
-            values.append(value)
-        rows.append(values)
-        cell = row[label_at].strip()
-        if not cell:
-            raise DataFileError(f"{path}: label column {_snippet(label)}, line {line} is empty")
-        labels.append((cell, line))
-    if not rows:
-        raise DataFileError(f"{path}: no data rows after the header")
-    return np.asarray(rows, dtype=np.float32), _csv_labels(path, label, labels)
+        values.append(value)
+    return values
 
 
 def _csv_labels(path: Path, label: str, labels: list[tuple[str, int]]) -> np.ndarray:
@@ -221,6 +238,14 @@ def _csv_labels(path: Path, label: str, labels: list[tuple[str, int]]) -> np.nda
 
 
 def _read_npz(path: Path, label: str | None) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _npz_arrays(path)
+    _check_npz_x(path, x)
+    _check_npz_y(path, y, rows=len(x))
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays ``x`` and ``y`` of the .npz archive at ``path`` (no pickles), as they are."""
     _need_file(path)
     try:
         archive = np.load(path, allow_pickle=False)
@@ -238,28 +263,33 @@ def _read_npz(path: Path, label: str | None) -> tuple[np.ndarray, np.ndarray]:
                 arrays[name] = archive[name]
             except (ValueError, OSError, zipfile.BadZipFile) as exc:
                 raise DataFileError(f"{path}: array {name!r} cannot be read: {exc}") from exc
-    x, y = arrays["x"], arrays["y"]
+    return arrays["x"], arrays["y"]
+
+
+def _check_npz_x(path: Path, x: np.ndarray) -> None:
+    """``x`` holds finite numbers, one row per sample."""
     if x.dtype.kind not in "biuf":
         raise DataFileError(f"{path}: array 'x' has dtype {x.dtype}, not a numeric one")
     if x.ndim < 1:
         raise DataFileError(f"{path}: array 'x' is a scalar, not one row per sample")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise DataFileError(f"{path}: array 'x' holds NaN or infinite values")
+
+
+def _check_npz_y(path: Path, y: np.ndarray, *, rows: int) -> None:
+    """``y`` is 1-D with one integer-valued label >= 0 for each of ``x``'s ``rows``."""
     if y.ndim != 1:
         raise DataFileError(f"{path}: array 'y' has shape {y.shape}, not 1-D")
-    if len(y) != len(x):
+    if len(y) != rows:
         raise DataFileError(
-            f"{path}: array 'y' has {len(y)} labels but array 'x' has {len(x)} rows"
+            f"{path}: array 'y' has {len(y)} labels but array 'x' has {rows} rows"
         )
-    if y.dtype.kind in "iu":
-        pass
-    elif y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
-        pass
-    else:
+    integer_valued = y.dtype.kind in "iu" or (
+        y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all())
+    if not integer_valued:
         raise DataFileError(f"{path}: array 'y' (dtype {y.dtype}) is not integer-valued")
     if len(y) and y.min() < 0:
         raise DataFileError(f"{path}: array 'y' holds a negative label ({y.min()})")
-    return x.astype(np.float32), y.astype(np.int64)
 
 
 # --- imagefolder -----------------------------------------------------------------------------
