@@ -128,6 +128,11 @@ class Transport(ABC):
         """The peers this transport keeps an address for."""
         return set()
 
+    def why_unreachable(self, peer: int) -> str | None:
+        """Why the last send to ``peer`` was not delivered, in this transport's own words (an
+        error kind such as ECONNREFUSED, never text the peer sent); None after a delivery."""
+        return None
+
     @abstractmethod
     async def send_url(self, url: str, body: bytes, timeout: float, retry: bool = True
                        ) -> int | None:
@@ -188,6 +193,13 @@ class InMemoryTransport(Transport):
     @property
     def url(self) -> str:
         return f"mem://{self.node_id}"
+
+    def why_unreachable(self, peer: int) -> str | None:
+        if peer not in self.hub.handlers:
+            return "not running"
+        if frozenset((self.node_id, peer)) in self.hub.down_links:
+            return "link down"
+        return None
 
     async def send_url(self, url: str, body: bytes, timeout: float, retry: bool = True
                        ) -> int | None:
@@ -672,6 +684,7 @@ class HttpTransport(Transport):
         self.route_access, self.route_token = route_access, route_token
         self.ssl_server, self.ssl_client = ssl_server, ssl_client
         self.peers: dict[int, str] = {}
+        self.failures: dict[int, str] = {}  # peer -> why its last send failed (bounded: peers)
         if peers:
             self.set_peers(peers)
         self.peer_lengths = {}
@@ -711,9 +724,17 @@ class HttpTransport(Transport):
 
     def forget(self, peer: int) -> None:
         self.peers.pop(peer, None)
+        self.failures.pop(peer, None)
 
     def address_of(self, peer: int) -> str | None:
         return self.peers.get(peer)
+
+    def why_unreachable(self, peer: int) -> str | None:
+        return self.failures.get(peer)
+
+    def _failed(self, peer: int, why: str) -> None:
+        if peer >= 0 and (peer in self.peers or peer in self.failures):
+            self.failures[peer] = why
 
     def known_peers(self) -> set[int]:
         return set(self.peers)
@@ -852,7 +873,10 @@ class HttpTransport(Transport):
         if url is None:
             logger.debug("send to %s: no address known", peer)
             return None
-        return await self._post(url, body, timeout, retry, peer)
+        status = await self._post(url, body, timeout, retry, peer)
+        if status is not None:
+            self.failures.pop(peer, None)
+        return status
 
     async def send_url(self, url: str, body: bytes, timeout: float, retry: bool = True
                        ) -> int | None:
@@ -870,6 +894,7 @@ class HttpTransport(Transport):
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
+                self._failed(peer, f"not reached within {timeout:.3g} s")
                 return None
             try:
                 async with self._session.post(
@@ -885,8 +910,10 @@ class HttpTransport(Transport):
                 # not transient: a certificate that does not verify will not on a retry either
                 logger.debug("send to %s at %s: TLS failed (%s); giving up", peer, url,
                              type(exc).__name__)
+                self._failed(peer, f"TLS handshake failed ({type(exc).__name__})")
                 return None
             except aiohttp.ClientConnectorError as exc:
+                self._failed(peer, f"cannot connect ({_describe(exc)})")
                 if not retry:  # nothing listens there: the peer left
                     logger.debug("send to %s at %s: cannot connect (%s); giving up", peer, url,
                                  _describe(exc))
@@ -899,15 +926,18 @@ class HttpTransport(Transport):
                 dropped += 1
                 logger.debug("send to %s at %s: connection dropped (%s), %d so far", peer, url,
                              type(exc).__name__, dropped)
+                self._failed(peer, "connection dropped")
                 if dropped > 2 and not retry:
                     return None
                 if dropped > 1:  # a peer that keeps dropping connections is not hammered
                     await asyncio.sleep(backoff.delay(deadline - time.monotonic()))
             except asyncio.TimeoutError:
                 logger.debug("send to %s at %s: no answer within %.3gs", peer, url, timeout)
+                self._failed(peer, f"no answer within {timeout:.3g} s")
                 return None
             except OSError as exc:  # out of descriptors (EMFILE) and the like: not fatal
                 logger.debug("send to %s at %s: %s", peer, url, _describe(exc))
+                self._failed(peer, _describe(exc))
                 return None
 
     async def close(self) -> None:

@@ -400,13 +400,16 @@ class RunSection(Section):
 class PeerSection(Section):
     """This peer (``python -m node``)."""
 
-    id: int | None = setting(None, "this peer's id, unique in the network (required: no "
-                             "default)", ge=0, metavar="N")
+    id: int | None = setting(None, "this peer's id, unique in the network (required with "
+                             "neighbours or open membership; a peer on its own is 0)", ge=0,
+                             metavar="N")
     listen: str = setting("127.0.0.1:0", "address to serve on (port 0: the OS picks)",
                           metavar="HOST:PORT")
     state_dir: str = setting("state", "folder of checkpoint.pt (every round, atomic) and "
                              "final.json; one per peer", metavar="DIR", path=True)
-    log_file: str = setting("", "JSON-lines log file (default: standard output)",
+    log_file: str = setting("", "JSON-lines log file (python -m node: default STATE_DIR/"
+                            "log.jsonl, the terminal shows readable progress; the Python API: "
+                            "standard output)",
                             metavar="FILE", path=True)
     max_connections: int = setting(256, "open connections served at once (more are closed "
                                    "at once; capped below the file-descriptor limit)", ge=1)
@@ -667,7 +670,10 @@ class PeerConfig(_Shared):
     @model_validator(mode="after")
     def _whole(self) -> PeerConfig:
         if self.peer.id is None:
-            raise ValueError("[peer] id must be set to this peer's id (>= 0)")
+            if self.neighbours or self.membership.enabled:
+                raise ValueError("[peer] id must be set to this peer's id (>= 0): it has "
+                                 "neighbours or joins a network")
+            self.peer.id = 0  # a peer on its own data, alone: nobody needs to tell it apart
         if self.peer.id in self.neighbours:
             raise ValueError(f"[neighbours] lists the peer itself ({self.peer.id})")
         for peer, url in sorted(self.neighbours.items()):

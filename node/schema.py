@@ -355,8 +355,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             continue
         for key, value in section.items():
             info = cls.model_fields.get(key)
+            # an empty path means "not set" (dump_toml writes it so), never "this folder"
             if info is not None and _extra(info).get("path") and isinstance(value, str) \
-                    and not Path(value).is_absolute():
+                    and value and not Path(value).is_absolute():
                 section[key] = str(base / value)
     run = table.setdefault("run", {})
     if isinstance(run, dict):

@@ -9,11 +9,14 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from node.config import PeerConfig
+from node.peer.console import ConsoleProgress
+from node.peer.observe import FINAL_SUMMARY, JsonLog
 from node.schema import (
     ConfigError,
     SettingsParser,
@@ -103,10 +106,35 @@ def resolve(argv: Sequence[str] | None) -> PeerConfig:
     return config
 
 
+# the exit status of a peer that trained alone although it has neighbours (3 and 4 are a join
+# refused and a join nobody answered, 2 a bad config)
+NEVER_MIXED_EXIT = 5
+
+
+def console_log(config: PeerConfig) -> tuple[JsonLog, ConsoleProgress | None]:
+    """The peer's JSON log and, for a person, its console. Without [peer] log_file the log
+    goes to STATE_DIR/log.jsonl and the terminal gets readable progress; with one, progress is
+    shown only when standard error is a terminal (the launcher's peers write files)."""
+    path = config.peer.log_file or str(Path(config.peer.state_dir) / "log.jsonl")
+    console = None
+    if not config.peer.log_file or sys.stderr.isatty():
+        console = ConsoleProgress(peer_id=config.peer.id, rounds=config.run.rounds,
+                                  neighbours=dict(config.neighbours), log_path=path)
+    return JsonLog(config.peer.id, path, echo=console), console
+
+
 async def serve(config: PeerConfig, *, data: Any = None) -> int:
     from node.peer.protocol import Peer
 
-    peer = Peer(config, data=data)
+    log, console = console_log(config)
+    try:
+        return await _serve(Peer(config, data=data, log=log), config)
+    finally:
+        if console is not None:
+            console.close()
+
+
+async def _serve(peer: Any, config: PeerConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, peer.request_stop)
@@ -124,8 +152,13 @@ async def serve(config: PeerConfig, *, data: Any = None) -> int:
         return exc.code
     if peer.already_finished:
         print(f"python -m node: {peer.already_finished_note()}", file=sys.stderr)
-    else:
-        print(f"python -m node: {result_line(summary, config)}", file=sys.stderr)
+        return 0
+    if summary.get("never_mixed"):
+        print(f"python -m node: error: peer {summary['id']} never mixed with a neighbour in "
+              f"{summary['gossip_steps']} gossip steps and merged with nobody: "
+              f"{summary['isolation']}; {result_line(summary, config)}", file=sys.stderr)
+        return NEVER_MIXED_EXIT
+    print(f"python -m node: {result_line(summary, config)}", file=sys.stderr)
     return 0 if summary["state"] in ("done", "stopped") else 1
 
 
@@ -138,7 +171,7 @@ def result_line(summary: dict, config: PeerConfig) -> str:
     return (f"peer {summary['id']} {summary['state']} after {summary['rounds_completed']} "
             f"rounds: {figure('accuracy')} (shared test set), {figure('val_accuracy')} (own "
             f"validation data), {figure('merged_accuracy')} (after the merge); "
-            f"{config.peer.state_dir}/final.json")
+            f"{Path(config.peer.state_dir) / FINAL_SUMMARY}")
 
 
 def main(argv: Sequence[str] | None = None, *,

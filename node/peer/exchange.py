@@ -26,6 +26,11 @@ from node.peer.observe import JsonLog, LogEvent
 
 logger = logging.getLogger(__name__)
 
+# a wait longer than this is reported (whom the peer waits for and why they are not heard),
+# and again each time this much more has passed: a peer whose neighbour is not running says so
+# instead of staying silent for the whole start-up timeout
+WAIT_REPORT_S = 10.0
+
 
 class AdaptiveDeadline:
     """How long to wait for a step's messages: ``factor`` x an exponential moving average of
@@ -187,6 +192,7 @@ class Exchange:
             timeout = self.startup_timeout_s if self.first_wait else self.deadline.current()
         nb = self.neighbourhood
         start = self.clock()
+        next_report = start + WAIT_REPORT_S
         while True:
             waiting = (expected - nb.suspect) - self.inbox.senders(key)
             if later_answers and waiting:
@@ -198,7 +204,11 @@ class Exchange:
                 left = 0.0
             if not waiting or left <= 0 or give_up():
                 break
-            await self.arrivals.next(left)
+            now = self.clock()
+            if now >= next_report:
+                self._report_waiting(key, waiting, waited=now - start, timeout=timeout)
+                next_report = now + WAIT_REPORT_S
+            await self.arrivals.next(min(left, max(next_report - now, 1e-6)))
         elapsed = self.clock() - start
         self.wait_times.append(elapsed)
         if waiting and left <= 0:
@@ -208,6 +218,16 @@ class Exchange:
             self.deadline.observe(elapsed)
             self.first_wait = False
         return self.inbox.take(key)
+
+    def _report_waiting(self, key: SlotKey, waiting: set[int], *, waited: float,
+                        timeout: float) -> None:
+        """Log whom this peer still waits for and why each is not heard: the transport's
+        reason for the last failed send to it, else that nothing came from it yet."""
+        reasons = {str(j): self.transport.why_unreachable(j) or "sent nothing yet"
+                   for j in sorted(waiting)}
+        self.log.write(LogEvent.UNREACHABLE, round=key.round, step=key.step,
+                       neighbours=sorted(waiting), reasons=reasons, waited_s=round(waited, 1),
+                       timeout_s=round(timeout, 1))
 
     def _suspect_missing(self, key: SlotKey, missing: set[int], *, elapsed: float,
                          timeout: float, spare_if_heard: bool) -> None:

@@ -37,7 +37,7 @@ from gossip import Message, Transport, encode
 from gossip.messages import within
 from node.config import PeerConfig, learner_for
 from node.learning import Dataset
-from node.peer.admission import Admission, Refusals, Refused
+from node.peer.admission import Admission, Refusals, Refused, refusal_reason
 from node.peer.checkpoint import (
     check_fits,
     load_checkpoint,
@@ -65,6 +65,10 @@ from node.peer.runtime import Runtime
 from node.peer.wiring import http_transport, identity_and_trust, load_peer_data, peer_split
 
 logger = logging.getLogger(__name__)
+
+# the longest run a joiner adopts from its donor (a donor is an admitted insider, but a run of
+# 2**62 rounds is nobody's network)
+MAX_ADOPTED_ROUNDS = 10**6
 
 
 class Peer:
@@ -104,6 +108,8 @@ class Peer:
         self._step_body: tuple[tuple[int, int], bytes] | None = None  # this step's model
         self._started: float | None = None
         self.first_mix_s: float | None = None  # start -> first model mixed with a neighbour's
+        self.steps_gossiped = 0  # gossip steps of this life that expected a neighbour
+        self.steps_mixed = 0  # ... in which at least one neighbour's model was mixed in
         self._resume()
         if cfg.membership.enabled and not cfg.neighbours:
             self.exchange.first_wait = False  # nobody starts with this peer: no start-up waits
@@ -191,11 +197,15 @@ class Peer:
         return self.exchange.seal(message)
 
     def state_message(self) -> Message:
-        """This peer's model and round for a joiner: a snapshot, since the peer may be
-        training in its worker thread meanwhile, and a vector that changes between the
-        envelope's hash and its copy fails the joiner's signature check (a joiner of
-        tests/test_launch.py got 401 'bad signature' from its donor)."""
-        return Message("state", self.id, self.completed_rounds, 0, len(self.neighbourhood),
+        """This peer's model and round for a joiner, and in ``step`` the network's run length
+        ([run] rounds), which a joiner adopts (docs/algorithms.md §9.2): a joiner started
+        without --rounds once took the default of 100 while its network ran 300, went straight
+        to a merge of another run length, and was waited for by everyone. The model is a
+        snapshot, since the peer may be training in its worker thread meanwhile, and a vector
+        that changes between the envelope's hash and its copy fails the joiner's signature
+        check (a joiner of tests/test_launch.py got 401 'bad signature' from its donor)."""
+        return Message("state", self.id, self.completed_rounds, self.config.run.rounds,
+                       len(self.neighbourhood),
                        [(self.id, self.learner.vector().detach().clone())], "f32")
 
     # -- state -------------------------------------------------------------------------------
@@ -355,8 +365,14 @@ class Peer:
         self.wake()
 
     def adopt_state(self, message: Message) -> None:
-        """A joiner takes its donor's model and round (state transfer): it starts where the
-        network is instead of from scratch."""
+        """A joiner takes its donor's model, round and run length (state transfer): it starts
+        where the network is instead of from scratch, and ends when the network does (a donor
+        of an older version sends run length 0: the joiner keeps its own)."""
+        rounds = self.config.run.rounds
+        if 0 < message.step <= MAX_ADOPTED_ROUNDS and message.step != rounds:
+            self.config.run.rounds = message.step
+            self.log.write(LogEvent.RUN_LENGTH_ADOPTED, donor=message.sender, was=rounds,
+                           rounds=message.step)
         self.learner.model.load_vector(message.vector().to(self.learner.params.device))
         self.completed_rounds = min(message.round, self.config.run.rounds)
         self.position = (self.completed_rounds, 0)
@@ -390,6 +406,8 @@ class Peer:
         finally:
             self._step_body = None
         got = {j: m for j, m in got.items() if j in nb}
+        self.steps_gossiped += bool(nb.members)
+        self.steps_mixed += bool(got)
         if got and self.first_mix_s is None and self._started is not None:
             self.first_mix_s = round(self.runtime.now() - self._started, 3)
             self.log.write(LogEvent.FIRST_MIX, after_s=self.first_mix_s, round=round_index)
@@ -654,12 +672,46 @@ class Peer:
             **self.traffic, "rss_mb": round(rss_megabytes(), 1),
             **(private_megabytes() or {"pss_mb": None, "uss_mb": None}), "state": s["state"],
             "first_mix_s": self.first_mix_s, "neighbours": s["neighbours"],
+            "gossip_steps": self.steps_gossiped, "mixed_steps": self.steps_mixed,
+            "never_mixed": self._never_mixed(merged),
             **({"membership": s["membership"]} if "membership" in s else {}),
         }
+        if summary["never_mixed"]:
+            summary["isolation"] = self.isolation_note()
+            self.log.write(LogEvent.NEVER_MIXED, gossip_steps=self.steps_gossiped,
+                           note=summary["isolation"])
         folder = private_folder(self.config.peer.state_dir)
         write_private(folder / FINAL_SUMMARY, json.dumps(summary, indent=1).encode())
         self.log.write(LogEvent.DONE, **{k: v for k, v in summary.items() if k != "component"})
         return summary
+
+    def _never_mixed(self, merged: dict[str, Any] | None) -> bool:
+        """This peer gossiped with neighbours expected, yet mixed no neighbour's model in any
+        step and merged with nobody: it trained alone while it meant to take part (two peers
+        whose models differ in size refuse each other's every message, 422)."""
+        return self.phase == Phase.DONE and self.steps_gossiped > 0 and \
+            self.steps_mixed == 0 and (merged is None or len(merged["component"]) <= 1)
+
+    def isolation_note(self) -> str:
+        """Why no neighbour's model was mixed in, from what this peer counted: its messages
+        refused by neighbours, theirs refused here, sends that were not delivered."""
+        parts = []
+        for key, count in sorted(self.exchange.refused_by.items()):
+            peer, status = (int(x) for x in key.split(":"))
+            reason = refusal_reason(status)
+            theirs = self.transport.peer_lengths.get(peer)
+            if status == 422 and theirs is not None and theirs != self.learner.vector_size:
+                reason = (f"model size mismatch: {self.learner.vector_size} parameters here, "
+                          f"{theirs} there")
+            parts.append(f"neighbour {peer} refused its messages {count} times ({status} "
+                         f"{reason})")
+        for status, count in sorted(self.refusals.counts.items()):
+            parts.append(f"it refused {count} messages ({status} {refusal_reason(status)})")
+        for j in sorted(self.neighbourhood.members):
+            why = self.transport.why_unreachable(j)
+            if why:
+                parts.append(f"neighbour {j}: {why}")
+        return "; ".join(parts) or "no neighbour's model arrived within its deadlines"
 
     async def close(self) -> None:
         if self._maintenance is not None:
