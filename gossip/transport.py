@@ -31,6 +31,7 @@ import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -63,12 +64,12 @@ class ListenError(OSError):
         reason = {errno.EADDRINUSE: "address already in use",
                   errno.EADDRNOTAVAIL: "address not available on this machine",
                   errno.EACCES: "permission denied"}.get(
-            cause.errno, (cause.strerror or str(cause)).lower())
+            cause.errno or 0, (cause.strerror or str(cause)).lower())
         super().__init__(cause.errno, f"cannot listen on {host}:{port}: {reason}")
         self.host, self.port = host, port
 
     def __str__(self) -> str:
-        return self.strerror
+        return self.strerror or ""
 
 
 class TLSConfigError(ValueError):
@@ -186,8 +187,9 @@ class InMemoryTransport(Transport):
         except asyncio.TimeoutError:
             logger.debug("send from %s to %s: no answer within %.3gs", self.node_id, peer, timeout)
             return None
-        if status == 422 and self.hub.lengths.get(peer) is not None:
-            self.peer_lengths[peer] = self.hub.lengths[peer]
+        length = self.hub.lengths.get(peer)
+        if status == 422 and length is not None:
+            self.peer_lengths[peer] = length
         return status
 
     @property
@@ -661,11 +663,11 @@ class HttpTransport(Transport):
                             ("max_concurrent_bodies", max_concurrent_bodies)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer")
-        for name, value in (("header_timeout_s", header_timeout_s),
-                            ("idle_timeout_s", idle_timeout_s),
-                            ("body_timeout_s", body_timeout_s),
-                            ("min_body_rate_bps", min_body_rate_bps)):
-            if not value > 0:
+        for name, seconds in (("header_timeout_s", header_timeout_s),
+                              ("idle_timeout_s", idle_timeout_s),
+                              ("body_timeout_s", body_timeout_s),
+                              ("min_body_rate_bps", min_body_rate_bps)):
+            if not seconds > 0:
                 raise ValueError(f"{name} must be positive")
         if route_access not in ROUTE_ACCESS:
             raise ValueError(f"route_access must be one of {', '.join(ROUTE_ACCESS)}")
@@ -749,88 +751,100 @@ class HttpTransport(Transport):
                                  "configured: use https:// for every neighbour")
 
     async def start(self, handler: Handler, routes: dict[str, GetRoute] | None = None) -> None:
-        loop = asyncio.get_running_loop()
+        # a body left unread (413, 503, 408) is drained for at most LINGER_S before the close,
+        # so that the client can read the answer (aiohttp's default: 10 s)
+        settings: dict[str, Any] = {"access_log": None, "keepalive_timeout": self.idle_timeout_s,
+                                    "auto_decompress": False, "lingering_time": LINGER_S}
+        # close() waits at most about twice this for requests in flight, then cancels them
+        self._runner = web.AppRunner(self._app(handler, routes),
+                                     shutdown_timeout=SHUTDOWN_TIMEOUT_S, **settings)
+        await self._runner.setup()
+        await self._listen(self._runner, settings)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit_per_host=4,
+                                           ssl=self.ssl_client if self.ssl_client else True),
+            headers={"User-Agent": SERVER_NAME})
 
-        async def gossip(request: web.Request) -> web.StreamResponse:
-            if request.headers.get("Content-Encoding", "identity").lower() != "identity":
-                # peers never compress; a compressed body could expand far past the limit
-                return web.Response(status=415, text="compressed bodies are refused")
-            if request.content_length is not None and request.content_length > self.max_body:
-                status, reason = await handler(None)  # announced too large: refused unread
-            elif self._bodies >= self.max_concurrent_bodies:
-                self.bodies_refused_busy += 1
-                response = web.Response(status=503, text="busy: too many bodies at once",
-                                        headers={"Retry-After": "1"})
-                response.force_close()
-                return response
-            else:
-                self._bodies += 1
-                try:
-                    try:
-                        body = await self._read_body(request)
-                    except _SlowBody:
-                        self.bodies_too_slow += 1
-                        response = web.Response(status=408, text="body too slow")
-                        response.force_close()
-                        return response
-                    except HttpProcessingError:  # e.g. broken chunked framing
-                        response = web.Response(status=400, text="malformed body")
-                        response.force_close()
-                        return response
-                    status, reason = await handler(body)
-                finally:
-                    self._bodies -= 1
-            headers = {LENGTH_HEADER: str(self.model_length)} \
-                if status == 422 and self.model_length is not None else None
-            return web.Response(status=status, text=reason, headers=headers)
+    def _app(self, on_gossip: Handler, routes: dict[str, GetRoute] | None) -> web.Application:
+        """POST /gossip to ``handler`` and the GET ``routes``, every request marked on its
+        guarded connection (so idle connections can be told from busy ones)."""
 
         @web.middleware
-        async def mark_request(request: web.Request, handler) -> web.StreamResponse:
+        async def mark_request(request: web.Request,
+                               handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                               ) -> web.StreamResponse:
             protocol = request.protocol
-            guarded = isinstance(protocol, _GuardedHandler)
-            if guarded:
-                protocol.request_started()
+            guarded = protocol if isinstance(protocol, _GuardedHandler) else None
+            if guarded is not None:
+                guarded.request_started()
             try:
-                return await handler(request)
+                return await handler(request)  # aiohttp passes it by this name
             finally:
-                if guarded:
-                    protocol.request_finished()
+                if guarded is not None:
+                    guarded.request_finished()
 
         async def server_header(request: web.Request, response: web.StreamResponse) -> None:
             response.headers["Server"] = SERVER_NAME
+
+        async def gossip(request: web.Request) -> web.StreamResponse:
+            return await self._receive(request, on_gossip)
 
         app = web.Application(client_max_size=self.max_body, middlewares=[mark_request])
         app.on_response_prepare.append(server_header)
         app.router.add_post("/gossip", gossip)
         for path, route in (routes or {}).items():
             app.router.add_get(path, self._get_handler(route, path in self.public_routes))
-        # a body left unread (413, 503, 408) is drained for at most LINGER_S before the close,
-        # so that the client can read the answer (aiohttp's default: 10 s)
-        handler_settings = {"access_log": None, "keepalive_timeout": self.idle_timeout_s,
-                            "auto_decompress": False, "lingering_time": LINGER_S}
-        # close() waits at most about twice this for requests in flight, then cancels them
-        self._runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S, **handler_settings)
-        await self._runner.setup()
+        return app
+
+    async def _receive(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """One POST /gossip: refused unread when compressed, announced too large or when too
+        many bodies are being read; else read within the size and rate limits and handled."""
+        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+            # peers never compress; a compressed body could expand far past the limit
+            return web.Response(status=415, text="compressed bodies are refused")
+        if request.content_length is not None and request.content_length > self.max_body:
+            status, reason = await handler(None)  # announced too large: refused unread
+        elif self._bodies >= self.max_concurrent_bodies:
+            self.bodies_refused_busy += 1
+            return _closing(web.Response(status=503, text="busy: too many bodies at once",
+                                         headers={"Retry-After": "1"}))
+        else:
+            self._bodies += 1
+            try:
+                try:
+                    body = await self._read_body(request)
+                except _SlowBody:
+                    self.bodies_too_slow += 1
+                    return _closing(web.Response(status=408, text="body too slow"))
+                except HttpProcessingError:  # e.g. broken chunked framing
+                    return _closing(web.Response(status=400, text="malformed body"))
+                status, reason = await handler(body)
+            finally:
+                self._bodies -= 1
+        headers = {LENGTH_HEADER: str(self.model_length)} \
+            if status == 422 and self.model_length is not None else None
+        return web.Response(status=status, text=reason, headers=headers)
+
+    async def _listen(self, runner: web.AppRunner, settings: dict[str, Any]) -> None:
+        """Serve ``runner`` on (host, port) through the guarded site (connection and header
+        limits, TLS); ListenError when the address cannot be used."""
+        loop = asyncio.get_running_loop()
         self.connection_limit = _fd_connection_cap(self.max_connections)
-        manager = self._runner.server
+        manager = runner.server
         assert manager is not None
 
         def factory() -> _GuardedHandler:
-            return _GuardedHandler(self, manager, loop=loop, **handler_settings)
+            return _GuardedHandler(self, manager, loop=loop, **settings)
 
-        site = _GuardedSite(self._runner, self, self.host, self.port, factory,
+        site = _GuardedSite(runner, self, self.host, self.port, factory,
                             ssl_context=self.ssl_server, handshake_timeout=self.header_timeout_s)
         try:
             await site.start()
         except OSError as exc:
-            await self._runner.cleanup()
+            await runner.cleanup()
             self._runner = None
             raise ListenError(self.host, self.port, exc) from exc
-        self.port = self._runner.addresses[0][1]
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit_per_host=4,
-                                           ssl=self.ssl_client if self.ssl_client else True),
-            headers={"User-Agent": SERVER_NAME})
+        self.port = runner.addresses[0][1]
 
     async def _read_body(self, request: web.Request) -> bytes | None:
         """The body, or None as soon as more than ``max_body`` bytes arrived; _SlowBody when it
@@ -945,6 +959,12 @@ class HttpTransport(Transport):
             await self._session.close()
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def _closing(response: web.Response) -> web.Response:
+    """``response`` on a connection closed after it (its body may be left unread)."""
+    response.force_close()
+    return response
 
 
 def _describe(exc: OSError) -> str:

@@ -651,6 +651,13 @@ class PeerConfig(_Shared):
     tls: TlsSection = _section(TlsSection)
     neighbours: dict[int, str] = Field(default_factory=dict)
 
+    @property
+    def id(self) -> int:
+        """This peer's id ([peer] id; a checked config always has one)."""
+        if self.peer.id is None:
+            raise ValueError("[peer] id is not set")
+        return self.peer.id
+
     @field_validator("neighbours", mode="before")
     @classmethod
     def _neighbour_table(cls, raw: Any) -> dict[int, str]:

@@ -118,9 +118,9 @@ def console_log(config: PeerConfig) -> tuple[JsonLog, ConsoleProgress | None]:
     path = config.peer.log_file or str(Path(config.peer.state_dir) / "log.jsonl")
     console = None
     if not config.peer.log_file or sys.stderr.isatty():
-        console = ConsoleProgress(peer_id=config.peer.id, rounds=config.run.rounds,
+        console = ConsoleProgress(peer_id=config.id, rounds=config.run.rounds,
                                   neighbours=dict(config.neighbours), log_path=path)
-    return JsonLog(config.peer.id, path, echo=console), console
+    return JsonLog(config.id, path, echo=console), console
 
 
 async def serve(config: PeerConfig, *, data: Any = None) -> int:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import torch
 from prometheus_client import CollectorRegistry
 
 from gossip import Message, Transport, encode
@@ -82,13 +83,13 @@ class Peer:
                  runtime: Runtime | None = None,
                  model_factory: Callable[..., Any] | None = None):
         self.config = cfg = config
-        self.id = cfg.peer.id
+        self.id = cfg.id
         self.runtime = runtime or Runtime.real(
-            name=f"peer{cfg.peer.id}",
+            name=f"peer{cfg.id}",
             vouched=transport is not None and transport.vouches_for_senders)
         self.algorithm = cfg.algorithm.resolve()
         data = data or load_peer_data(cfg)
-        self.log = log or JsonLog(cfg.peer.id, cfg.peer.log_file)
+        self.log = log or JsonLog(cfg.id, cfg.peer.log_file)
         self._load_learner(data, model_factory)
         self.identity, self.trust = identity_and_trust(cfg, self.runtime, self.log)
         self.transport = transport or http_transport(cfg)
@@ -104,7 +105,7 @@ class Peer:
         self.resumed = False
         self.already_finished = False  # run() found the work done by an earlier run
         self._stop = False
-        self._maintenance = None
+        self._maintenance: asyncio.Task[None] | None = None
         self._step_body: tuple[tuple[int, int], bytes] | None = None  # this step's model
         self._started: float | None = None
         self.first_mix_s: float | None = None  # start -> first model mixed with a neighbour's
@@ -117,13 +118,15 @@ class Peer:
     def _load_learner(self, data: Dataset, model_factory: Callable[..., Any] | None) -> None:
         cfg = self.config
         shard, validation = peer_split(cfg, data)
-        self.learner = learner_for(cfg, cfg.peer.id, data=data, shard=shard,
+        self.learner = learner_for(cfg, cfg.id, data=data, shard=shard,
                                    attack=cfg.attack.attack(), device=cfg.run.device,
                                    factory=model_factory)
         device = cfg.run.device
         self.x_test, self.y_test = data.x_test.to(device), data.y_test.to(device)
-        self.x_val, self.y_val = (None, None) if validation is None else \
-            (validation[0].to(device), validation[1].to(device))
+        self.x_val: torch.Tensor | None = None
+        self.y_val: torch.Tensor | None = None
+        if validation is not None:
+            self.x_val, self.y_val = validation[0].to(device), validation[1].to(device)
         self.data_source = cfg.data.source
 
     def _build_parts(self) -> None:
@@ -670,7 +673,7 @@ class Peer:
             "max_wait_s": max(self.wait_times, default=0.0),
             "rejected": s.pop("rejected"), "refused_by": s.pop("refused_by"),
             **self.traffic, "rss_mb": round(rss_megabytes(), 1),
-            **(private_megabytes() or {"pss_mb": None, "uss_mb": None}), "state": s["state"],
+            **(private_megabytes() or dict.fromkeys(("pss_mb", "uss_mb"))), "state": s["state"],
             "first_mix_s": self.first_mix_s, "neighbours": s["neighbours"],
             "gossip_steps": self.steps_gossiped, "mixed_steps": self.steps_mixed,
             "never_mixed": self._never_mixed(merged),
