@@ -23,10 +23,10 @@ from node.peer.runtime import Runtime
 
 
 def peer_id(cfg: PeerConfig) -> int:
-    """``[peer] id``: PeerConfig's validation requires it, so None here is a config built
-    without validation (``model_construct``)."""
+    """``[peer] id``: PeerConfig's validation sets it (required with neighbours or open
+    membership, else 0), so None here is a config built without validation."""
     if cfg.peer.id is None:
-        raise ValueError("[peer] id must be set to this peer's id (>= 0)")
+        raise ValueError("[peer] id is not set: build the PeerConfig with validation")
     return cfg.peer.id
 
 
