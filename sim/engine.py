@@ -383,8 +383,20 @@ class Simulation:
         before_alive = set(self.alive)
         before_graph = self._round_graph if self._round_graph is not None else \
             tl.graph_at(base, 0)
+        labels = self._run_event_handlers(t, base, before_graph)
+        self._apply_lifetimes_and_traces(t, base)
+        graph = self._round_graph = tl.graph_at(base, t)
+        if labels:
+            self.snapshots.append({"round": t, "events": labels, "before": before_graph,
+                                   "alive_before": before_alive, "after": graph,
+                                   "alive_after": set(self.alive)})
+        return graph
+
+    def _run_event_handlers(self, t: int, base: nx.Graph, before_graph: nx.Graph) -> list[str]:
+        """Start the events of round ``t`` and end those that last until it; their labels."""
+        assert self.timeline is not None
         labels = []
-        for index, e in enumerate(tl.events):
+        for index, e in enumerate(self.timeline.events):
             kind = EVENT_KINDS[e.kind]
             if e.round == t:
                 if kind.start is not None:
@@ -392,6 +404,12 @@ class Simulation:
                 labels.append(e.label)
             if e.until == t and kind.end is not None:
                 labels.append(kind.end(self, index, e, base))
+        return labels
+
+    def _apply_lifetimes_and_traces(self, t: int, base: nx.Graph) -> None:
+        """Peers whose lifetime is worked out go down; availability traces say who is up."""
+        tl = self.timeline
+        assert tl is not None
         for v, lifetime in tl.lifetimes.items():
             if v in self.alive and tl.worked[v] >= lifetime:
                 self.take_down([v])
@@ -404,12 +422,6 @@ class Simulation:
                 self.bring_back([v], base)
             else:
                 self.take_down([v])
-        graph = self._round_graph = tl.graph_at(base, t)
-        if labels:
-            self.snapshots.append({"round": t, "events": labels, "before": before_graph,
-                                   "alive_before": before_alive, "after": graph,
-                                   "alive_after": set(self.alive)})
-        return graph
 
     def _summary(self, rows: Sequence[dict[str, Any]], graph: nx.Graph, wall: float
                  ) -> dict[str, Any]:

@@ -74,7 +74,8 @@ class LogEvent:
 
 
 class JsonLog:
-    """One JSON object per line: to a file (appended; its folder is created) or to a stream.
+    """One JSON object per line: to a file (appended; it and its folder are created at the first
+    record, so a peer that stops on a bad setting leaves no empty log behind) or to a stream.
 
     ``echo``, when given, also sees every record (a terminal's readable progress line)."""
 
@@ -82,14 +83,18 @@ class JsonLog:
                  echo: Callable[[dict[str, Any]], None] | None = None):
         self.peer_id = peer_id
         self.echo = echo
-        if path:
-            private_folder(Path(path).parent)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._fh = os.fdopen(fd, "a", buffering=1) if path else stream  # noqa: SIM115
-        self._owned = bool(path)
+        self.path = path
+        self._fh: TextIO | None = None if path else stream
+
+    def _file(self) -> TextIO:
+        private_folder(Path(self.path).parent)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return os.fdopen(fd, "a", buffering=1)
 
     def write(self, event: str, **fields: Any) -> None:
         record = {"t": round(time.time(), 3), "peer": self.peer_id, "event": event, **fields}
+        if self._fh is None and self.path:
+            self._fh = self._file()
         if self._fh is not None:
             self._fh.write(json.dumps(record) + "\n")
             self._fh.flush()
@@ -97,8 +102,9 @@ class JsonLog:
             self.echo(record)
 
     def close(self) -> None:
-        if self._owned and self._fh is not None:
+        if self.path and self._fh is not None:
             self._fh.close()
+            self._fh = None
 
 
 def read_log(path: str | os.PathLike, *events: str) -> list[dict[str, Any]]:
