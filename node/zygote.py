@@ -94,7 +94,7 @@ class ForkedProcess:
         self._owner = owner
         try:
             self._pidfd: int | None = os.pidfd_open(pid)
-            owner._pidfds.add(self._pidfd)
+            owner.hold_pidfd(self._pidfd)
         except (AttributeError, OSError):
             self._pidfd = None
 
@@ -136,7 +136,7 @@ class ForkedProcess:
 
     def _release(self) -> None:
         if self._pidfd is not None:
-            self._owner._pidfds.discard(self._pidfd)
+            self._owner.release_pidfd(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
 
@@ -147,7 +147,7 @@ class Zygote:
 
     def __init__(self, configs: Sequence[PeerConfig]):
         # the peer's modules, imported once here and shared by every child
-        from node.peer import cli, membership, protocol  # noqa: F401
+        from node.peer import cli, membership, protocol, wiring  # noqa: F401
 
         try:
             import setproctitle  # noqa: F401 - imported once here, used by every child
@@ -158,9 +158,17 @@ class Zygote:
         self._gate: tuple[int, int] | None = None  # (read, write) ends while held
         self._data: dict[str, Any] = {}
         for config in configs:
-            key = protocol.data_key(config)
+            key = wiring.data_key(config)
             if key not in self._data:
-                self._data[key] = protocol.load_peer_data(config)
+                self._data[key] = wiring.load_peer_data(config)
+
+    def hold_pidfd(self, fd: int) -> None:
+        """A child's pidfd, which the children forked later must close (it is not theirs)."""
+        self._pidfds.add(fd)
+
+    def release_pidfd(self, fd: int) -> None:
+        """The pidfd ``fd`` is about to be closed (its child was reaped)."""
+        self._pidfds.discard(fd)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -181,7 +189,7 @@ class Zygote:
 
     def data_for(self, config: PeerConfig) -> Any:
         """The preloaded data set of ``config``'s [data] source (None: the peer loads its own)."""
-        from node.peer.protocol import data_key
+        from node.peer.wiring import data_key
 
         return self._data.get(data_key(config))
 

@@ -33,16 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from node.launch_report import RunFolder
+from node.peer.observe import LogEvent, read_log
+from node.supervisor import read_final
 from node.text import format_table
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def events(path: Path, kinds: set[str]) -> list[dict]:
-    if not path.exists():
-        return []
-    return [e for line in path.read_text().splitlines() if line.endswith("}")
-            for e in [json.loads(line)] if e["event"] in kinds]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -57,12 +53,13 @@ def run(args: argparse.Namespace, out: Path) -> dict:
                "--rounds", "1000000", "--seed", str(args.seed), "--out", str(out), "--quiet",
                "--timeout", str(args.timeout_s), "--algorithm", "dfedavg"]
     joiners = range(args.bootstrap, args.peers)
+    run = RunFolder(out)
     proc = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         # a joiner that never mixes (see never_mixed) must not hold the run to its timeout
         deadline = time.monotonic() + min(args.mix_wait_s, args.timeout_s - args.settle_s - 30)
         while time.monotonic() < deadline and proc.poll() is None:
-            ready = [events(out / f"peer{i}" / "log.jsonl", {"first_mix", "join_failed"})
+            ready = [read_log(run.log(i), LogEvent.FIRST_MIX, LogEvent.JOIN_FAILED)
                      for i in joiners]
             if all(ready):
                 break
@@ -76,32 +73,31 @@ def run(args: argparse.Namespace, out: Path) -> dict:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    summary_path = out / "summary.json"
-    if not summary_path.exists():
+    if not run.summary.exists():
         raise SystemExit(f"bench_join.py: the launcher wrote no summary: {err[-2000:]}")
-    return json.loads(summary_path.read_text())
+    return json.loads(run.summary.read_text())
 
 
 def measure(summary: dict, out: Path, bootstrap: int) -> dict:
     latencies, member, model, failed, isolated = [], [], [], [], []
     starting, joining = [], []  # spawn -> listening; the peer's own start() -> first mix
+    run = RunFolder(out)
     for i, p in summary["peers"].items():
-        log = out / f"peer{i}" / "log.jsonl"
-        final_path = out / f"peer{i}" / "final.json"
-        final = json.loads(final_path.read_text()) if final_path.exists() else None
+        log = run.log(int(i))
+        final = read_final(run.peer(int(i)))
         if int(i) >= bootstrap:
-            mix = events(log, {"first_mix"})
+            mix = read_log(log, LogEvent.FIRST_MIX)
             if mix:
                 latencies.append(mix[0]["t"] - p["spawned_at"])
                 joining.append(mix[0]["after_s"])
-                listening = events(log, {"listening"})
+                listening = read_log(log, LogEvent.LISTENING)
                 if listening:
                     starting.append(listening[0]["t"] - p["spawned_at"])
-            elif events(log, {"join_failed"}):
+            elif read_log(log, LogEvent.JOIN_FAILED):
                 failed.append(int(i))
             else:
                 isolated.append(int(i))
-        done = events(log, {"done"})
+        done = read_log(log, LogEvent.DONE)
         if final and done and p["spawned_at"]:
             minutes = (done[-1]["t"] - p["spawned_at"]) / 60
             member.append((final.get("membership") or {}).get("membership_bytes_out", 0)

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from node.launch_report import RunFolder
+from node.peer.observe import LogEvent, read_log
 from node.text import format_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,11 +50,8 @@ def command(n: int, rounds: int, out: Path, method: str) -> list[str]:
 
 
 def first_event_time(log: Path, event: str) -> float | None:
-    for line in log.read_text().splitlines():
-        record = json.loads(line)
-        if record["event"] == event:
-            return record["t"]
-    return None
+    records = read_log(log, event)
+    return records[0]["t"] if records else None
 
 
 def measure(n: int, rounds: int, out: Path, method: str, timeout: float) -> dict:
@@ -62,9 +61,9 @@ def measure(n: int, rounds: int, out: Path, method: str, timeout: float) -> dict
     end_to_end = time.time() - began
     if result.returncode != 0:
         raise RuntimeError(f"{method} {n} peers failed: {result.stderr[-1500:]}")
-    summary = json.loads((out / "summary.json").read_text())
-    listening = [first_event_time(out / f"peer{i}" / "log.jsonl", "listening")
-                 for i in range(n)]
+    run = RunFolder(out)
+    summary = json.loads(run.summary.read_text())
+    listening = [first_event_time(run.log(i), LogEvent.LISTENING) for i in range(n)]
     listening = [t for t in listening if t is not None]
     peers = list(summary["peers"].values())
 

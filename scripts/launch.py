@@ -5,6 +5,7 @@ Examples:
   python scripts/launch.py --nodes 16 --topology random-regular --kill-fraction 0.25 \\
       --kill-at-round 10 --restart-after 5 --out runs/churn
   python scripts/launch.py --nodes 8 --emit-configs deploy/ --hosts hosts.txt
+  python scripts/launch.py --nodes 8 --emit-configs deploy/ --hosts hosts.txt --joiners 2
   python scripts/launch.py --nodes 12 --join --bootstrap 2 --join-spacing-s 1 --rounds 400 \\
       --kill-bootstrap-at-round 200 --out runs/join
 
@@ -21,6 +22,13 @@ once they completed round R and the others go on. The live line counts joins and
 summary.json ("join", and per peer "role", "joined", "start_to_first_mix_s", "membership",
 "component") and the table say who joined when and which component each peer ended in. The
 network must still be training when the last joiner arrives: give it enough --rounds.
+
+--emit-configs DIR --hosts FILE writes the configs of a deployment over several machines (a
+key, a certificate and the trust store with them) and starts nothing. Their membership is static
+unless --join or --joiners K: K more configs (peers N..N+K-1) for peers that join the running
+network later, through [membership] bootstrap; every peer then has open membership, and the
+data is cut into N+K shards so that each joiner trains on one of its own. Each file starts with
+comments saying how to run it and how peers can join.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ import sys
 from pathlib import Path
 
 from node.config import LaunchConfig
-from node.launcher import emit_configs, launch, summary_table
+from node.launch_report import RunFolder
+from node.launcher import emit_configs, emit_message, launch, summary_table
 from node.schema import (
     ConfigError,
     SettingsParser,
@@ -38,7 +47,7 @@ from node.schema import (
     read_config_file,
 )
 
-NON_SETTINGS = ("--config", "--emit-configs", "--hosts")
+NON_SETTINGS = ("--config", "--emit-configs", "--hosts", "--joiners")
 
 
 def build_parser() -> tuple[SettingsParser, dict[str, tuple[str, str]]]:
@@ -50,6 +59,9 @@ def build_parser() -> tuple[SettingsParser, dict[str, tuple[str, str]]]:
     p.add_argument("--hosts", metavar="FILE", help="HOST or HOST:PORT per line; peer i gets line "
                    "i (lines are reused in turn when there are fewer lines than peers, with "
                    "ports counting up) and listens on that address")
+    p.add_argument("--joiners", type=int, metavar="K", help="with --emit-configs: also write "
+                   "configs for K peers that join the running network later (open membership "
+                   "on every peer, and a data shard of its own for each joiner)")
     return p, add_settings(p, LaunchConfig)
 
 
@@ -58,6 +70,7 @@ def main(argv=None) -> int:
     args = vars(parser.parse_args(argv))
     path, emit, hosts = args.pop("config", None), args.pop("emit_configs", None), \
         args.pop("hosts", None)
+    joiners = args.pop("joiners", None)
     try:
         table = read_config_file(path) if path else {}
     except ConfigError as exc:
@@ -66,13 +79,12 @@ def main(argv=None) -> int:
                                         table=table, source=path or "")
     if emit and not hosts:
         parser.error("--emit-configs needs --hosts FILE")
+    if joiners is not None and not emit:
+        parser.error("--joiners needs --emit-configs (the launcher's own joiners: --join)")
     try:
         if emit:
-            paths = emit_configs(settings, emit, hosts)
-            print(f"wrote {len(paths)} peer configs to {emit}, with a key and a certificate "
-                  f"per peer and the trust store; copy peerI.toml, peerI.key, peerI.cert and "
-                  f"trust.toml to machine I and run: python -m node --config peerI.toml "
-                  f"(keep authority.key off the peers: it admits new ones)")
+            paths = emit_configs(settings, emit, hosts, joiners=joiners or 0)
+            print(emit_message(settings, emit, paths, joiners=joiners or 0))
             return 0
         summary = launch(settings)
     except (ValueError, OSError) as exc:
@@ -80,8 +92,8 @@ def main(argv=None) -> int:
         return 2
     if not settings.run.quiet:
         print(summary_table(summary))
-        print(f"\nplot: {Path(settings.out) / 'accuracy.png'}   summary: "
-              f"{Path(settings.out) / 'summary.json'}")
+        folder = RunFolder(Path(settings.out))
+        print(f"\nplot: {folder.plot}   summary: {folder.summary}")
     if summary["interrupted"]:
         print("interrupted: every peer process was stopped; summary.json says what was done",
               file=sys.stderr)

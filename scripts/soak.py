@@ -1,7 +1,8 @@
 """Soak test of real peer processes: random SIGKILLs and restarts, some aimed at checkpoint writes.
 
-Starts N peers exactly as scripts/launch.py does (node.launcher: the same per-peer configs,
-identities and trust store, processes and clean-up). Once every peer has completed
+Starts N peers as scripts/launch.py does (node.launcher: the same per-peer configs, identities
+and trust store; node.supervisor's loop, processes and clean-up), each peer its own interpreter,
+with the soak's random kills as the loop's policy (RandomKills). Once every peer has completed
 --kill-from-round rounds, it SIGKILLs random peers at random times (exponential gaps of mean
 --kill-interval s, up to --max-down peers down at once) and restarts each after a random delay
 in --restart-delay. Every --checkpoint-every-th kill is aimed at a checkpoint write: the soak
@@ -67,18 +68,12 @@ from typing import Any
 import numpy as np
 
 from node.config import LaunchConfig
-from node.launcher import (
-    PeerProcess,
-    ProgressLine,
-    clear_previous_run,
-    free_ports,
-    launch,
-    progress_text,
-    stop_all,
-    write_configs,
-)
+from node.launch_report import SUMMARY_FILE, RunFolder
+from node.launcher import clear_previous_run, launch, prepare_peers
 from node.learning.seeding import derive_seed
 from node.peer.checkpoint import CHECKPOINT, load_checkpoint
+from node.peer.observe import FINAL_SUMMARY, LogEvent
+from node.supervisor import PeerProcess, Policy, Supervisor
 from node.text import format_table
 
 TMP_CHECKPOINT = f".{CHECKPOINT}.tmp"  # what save_checkpoint writes before the rename
@@ -214,8 +209,9 @@ class SoakPeer:
 
 
 def read_events(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """Every complete line of a peer's JSON log with its byte offset; a line that does not
-    parse (torn by a kill mid-write) is returned as {"event": "unparseable"}."""
+    """Every complete line of a peer's JSON log with its byte offset (a restart's log begins at
+    the offset recorded when it started); a line that does not parse (torn by a kill mid-write)
+    is returned as {"event": "unparseable"}."""
     if not path.exists():
         return []
     events, offset = [], 0
@@ -260,22 +256,7 @@ def renice(pid: int, niceness: int) -> None:
             pass
 
 
-def stderr_tail(p: PeerProcess, chars: int = 600) -> str:
-    path = p.state_dir / "stderr.txt"
-    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-
-def read_log(p: PeerProcess) -> str | None:
-    """``PeerProcess.read_log`` (the live progress), returning a note instead of failing on a
-    line that does not parse (it has moved past that chunk; the checks re-read whole logs)."""
-    try:
-        p.read_log()
-        return None
-    except ValueError:
-        return f"unparseable log line in {p.log_path} before byte {p.log_offset}"
-
-
-# -- the soak ------------------------------------------------------------------------------
+# -- the soak: random kills and restarts, a policy of node.supervisor's loop --------------------
 
 
 def settings(args: argparse.Namespace, out: Path) -> LaunchConfig:
@@ -300,18 +281,39 @@ def settings(args: argparse.Namespace, out: Path) -> LaunchConfig:
     return LaunchConfig.of(**flat)
 
 
-class Soak:
-    def __init__(self, s: LaunchConfig, args: argparse.Namespace, run_dir: Path):
+def run_soak(s: LaunchConfig, args: argparse.Namespace, run_dir: Path) -> RandomKills:
+    """The soak: the network's peers (node.launcher's configs and identities, each a new
+    interpreter) run by node.supervisor's loop with the random kills plugged in; returns the
+    policy, which holds what happened."""
+    clear_previous_run(run_dir)
+    peers, configs, _ = prepare_peers(s, run_dir, fork=False)
+    soak = RandomKills(s, args, peers, run_dir=run_dir,
+                       graph_neighbours={c.peer.id: set(c.neighbours) for c in configs})
+    supervisor = Supervisor(peers, [soak], rounds=s.run.rounds, timeout=args.timeout,
+                            quiet=args.quiet, poll_s=POLL_S).run()
+    soak.finish(supervisor)
+    return soak
+
+
+class RandomKills(Policy):
+    """SIGKILL random peers at random times, some at a checkpoint write, and restart them (the
+    module docstring says how they are drawn and when killing stops); record every kill."""
+
+    def __init__(self, s: LaunchConfig, args: argparse.Namespace, peers: list[PeerProcess], *,
+                 run_dir: Path, graph_neighbours: dict[int, set[int]]):
         self.s, self.args, self.run_dir = s, args, run_dir
         self.rng = np.random.default_rng(derive_seed(s.run.seed, "soak"))
-        self.peers: list[SoakPeer] = []
-        self.graph_neighbours: dict[int, set[int]] = {}
+        self.peers = [SoakPeer(i, p) for i, p in enumerate(peers)]
+        self.of_process = {p.process: p for p in self.peers}
+        self.graph_neighbours = graph_neighbours
         self.kills: list[Kill] = []
         self.notes: list[str] = []
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.killing_stopped: str | None = None
         self.pace: list[tuple[float, int]] = []  # (time, the fastest peer's round) as it moves
+        self.next_kill: float | None = None
+        self.reniced_at = 0.0
         self.timed_out = False
         self.interrupted = False
 
@@ -322,68 +324,42 @@ class Soak:
         if not self.args.quiet:
             print(f"\n[{self.now():6.1f}s] {text}", file=sys.stderr, flush=True)
 
-    # -- the loop
+    @property
+    def processes(self) -> list[PeerProcess]:
+        return [p.process for p in self.peers]
 
-    def run(self) -> None:
-        clear_previous_run(self.run_dir)
-        addresses = [("127.0.0.1", port) for port in free_ports(self.s.graph.nodes)]
-        configs = self.s.peer_configs(addresses, self.run_dir)
-        paths = write_configs(configs, self.run_dir)
-        self.graph_neighbours = {c.peer.id: set(c.neighbours) for c in configs}
-        self.peers = [SoakPeer(c.peer.id, PeerProcess(path, Path(c.peer.log_file),
-                                                      Path(c.peer.state_dir)))
-                      for path, c in zip(paths, configs)]
-        progress = ProgressLine()
-        previous = signal.signal(signal.SIGTERM,
-                                 lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-        try:
-            for p in self.peers:
-                p.process.start()
-            next_kill = None
-            reniced_at = 0.0
-            while any(p.process.running or p.pending or p.restart_at is not None
-                      for p in self.peers):
-                if self.now() > self.args.timeout:
-                    self.timed_out = True
-                    self.notes.append(f"the soak ran past --timeout {self.args.timeout} s")
-                    break
-                for p in self.peers:
-                    note = read_log(p.process)
-                    if note:
-                        self.notes.append(note)
-                    last = p.kills[-1] if p.kills else None
-                    if last is not None and last.restarted_at_s is not None and \
-                            last.back_mono is None and p.process.serving:
-                        last.back_mono = time.monotonic()
-                self._reap()
-                self._restart_due()
-                if self.args.renice and time.monotonic() - reniced_at > 1.0:
-                    reniced_at = time.monotonic()
-                    for p in self.peers:
-                        if p.process.running and p.process.serving and p.pending is None:
-                            renice(p.process.proc.pid, self.args.renice)
-                if self._may_kill():
-                    if next_kill is None:
-                        next_kill = self.now() + self.rng.exponential(self.args.kill_interval)
-                    elif self.now() >= next_kill:
-                        self._kill_some()
-                        next_kill = self.now() + self.rng.exponential(self.args.kill_interval)
-                if not self.args.quiet:
-                    progress.show(progress_text([p.process for p in self.peers],
-                                                self.s.run.rounds), self.now())
-                time.sleep(POLL_S)
-        except KeyboardInterrupt:
-            self.interrupted = True
-        finally:
-            for p in self.peers:
-                if p.aim is not None:
-                    p.aim.cancelled.set()
-            stop_all([p.process for p in self.peers])
-            signal.signal(signal.SIGTERM, previous)
+    # -- the policy's hooks
+
+    def pending(self, supervisor: Supervisor) -> bool:
+        """A kill not reaped yet, or a restart due."""
+        return any(p.pending is not None or p.restart_at is not None for p in self.peers)
+
+    def on_exit(self, supervisor: Supervisor, peer: PeerProcess, code: int) -> None:
+        p = self.of_process[peer]
+        if p.pending is not None:
+            self._after_kill(p)
+        else:
+            self._ended_by_itself(p, code)
+
+    def on_tick(self, supervisor: Supervisor, now: float) -> None:
+        self._note_back(now)
+        self._restart_due()
+        self._renice_serving(now)
+        self._kill_when_due()
+
+    def on_stop(self, supervisor: Supervisor) -> None:
         for p in self.peers:
-            read_log(p.process)
-        if not self.args.quiet:
-            print(file=sys.stderr)
+            if p.aim is not None:
+                p.aim.cancelled.set()
+
+    def finish(self, supervisor: Supervisor) -> None:
+        """Take in how the loop ended and its notes."""
+        self.timed_out, self.interrupted = supervisor.timed_out, supervisor.interrupted
+        if self.timed_out:
+            self.notes.append(f"the soak ran past --timeout {self.args.timeout} s")
+        self.notes += supervisor.notes
+
+    # -- pace and downtime
 
     def downtime(self) -> float:
         """The longest time a killed peer took to serve again (kill to "resumed" logged), so
@@ -401,47 +377,82 @@ class Soak:
         (t0, r0), (t1, r1) = recent[0], recent[-1]
         return (t1 - t0) / (r1 - r0) if r1 > r0 else None
 
+    def _note_back(self, now: float) -> None:
+        """When each restarted peer serves again."""
+        for p in self.peers:
+            last = p.kills[-1] if p.kills else None
+            if last is not None and last.restarted_at_s is not None and \
+                    last.back_mono is None and p.process.serving:
+                last.back_mono = now
+
+    def _renice_serving(self, now: float) -> None:
+        """Every second, the peers that serve to --renice (module docstring)."""
+        if not self.args.renice or now - self.reniced_at <= 1.0:
+            return
+        self.reniced_at = now
+        for p in self.peers:
+            if p.process.running and p.process.serving and p.pending is None:
+                renice(p.process.proc.pid, self.args.renice)
+
+    # -- killing
+
+    def _kill_when_due(self) -> None:
+        """Kill events at exponential gaps of mean --kill-interval, while killing is allowed."""
+        if not self._may_kill():
+            return
+        if self.next_kill is None:
+            self.next_kill = self.now() + self.rng.exponential(self.args.kill_interval)
+        elif self.now() >= self.next_kill:
+            self._kill_some()
+            self.next_kill = self.now() + self.rng.exponential(self.args.kill_interval)
+
     def _may_kill(self) -> bool:
         if self.killing_stopped:
             return False
-        a, rounds = self.args, self.s.run.rounds
         done = [p.process.completed for p in self.peers]
-        if not self.kills and min(done) < a.kill_from_round:
+        if not self.kills and min(done) < self.args.kill_from_round:
             return False
         fastest = max(done)
         if not self.pace or self.pace[-1][1] != fastest:
             self.pace.append((self.now(), fastest))
-        margin = max(a.quiet_s, a.quiet_factor * self.downtime())
-        reason = None
-        if len(self.kills) >= a.max_kills:
-            reason = f"{a.max_kills} kills done (--max-kills)"
-        elif self.kills and self.now() - self.kills[0].at_s > a.kill_for:
-            reason = f"--kill-for {a.kill_for} s passed"
-        elif rounds - fastest <= a.quiet_rounds:
-            reason = f"the fastest peer has {rounds - fastest} rounds left (--quiet-rounds)"
-        elif self.seconds_per_round() is not None:
-            left = (rounds - fastest) * self.seconds_per_round()
-            if left < margin:
-                reason = (f"the fastest peer has about {left:.1f} s left at its pace, less than "
-                          f"{margin:.1f} s (--quiet-s {a.quiet_s}, or --quiet-factor "
-                          f"{a.quiet_factor} x the longest downtime so far, "
-                          f"{self.downtime():.1f} s)")
+        reason = self._why_stop_killing(fastest)
         if reason:
             self.killing_stopped = reason
             self.say(f"no more kills: {reason}")
             return False
         return True
 
-    def _kill_some(self) -> None:
-        a = self.args
-        rounds = self.s.run.rounds
+    def _why_stop_killing(self, fastest: int) -> str | None:
+        """Why killing stops now (None: it goes on); the module docstring lists the reasons."""
+        a, rounds = self.args, self.s.run.rounds
+        if len(self.kills) >= a.max_kills:
+            return f"{a.max_kills} kills done (--max-kills)"
+        if self.kills and self.now() - self.kills[0].at_s > a.kill_for:
+            return f"--kill-for {a.kill_for} s passed"
+        if rounds - fastest <= a.quiet_rounds:
+            return f"the fastest peer has {rounds - fastest} rounds left (--quiet-rounds)"
+        pace = self.seconds_per_round()
+        if pace is None:
+            return None
+        margin = max(a.quiet_s, a.quiet_factor * self.downtime())
+        left = (rounds - fastest) * pace
+        if left >= margin:
+            return None
+        return (f"the fastest peer has about {left:.1f} s left at its pace, less than "
+                f"{margin:.1f} s (--quiet-s {a.quiet_s}, or --quiet-factor {a.quiet_factor} x "
+                f"the longest downtime so far, {self.downtime():.1f} s)")
+
+    def _victims(self) -> list[SoakPeer]:
+        """Peers to kill now, drawn: serving ones with a checkpoint and rounds to go, at most
+        --max-down down at once, none adjacent to a peer down with --no-adjacent."""
+        a, rounds = self.args, self.s.run.rounds
         room = a.max_down - sum(p.down for p in self.peers)
         eligible = [p for p in self.peers if not p.down and p.process.serving
                     and (p.process.state_dir / CHECKPOINT).exists()
                     and p.process.completed < rounds - a.quiet_rounds]
         room = min(room, len(eligible), a.max_kills - len(self.kills))
         if room <= 0:
-            return
+            return []
         count = int(self.rng.integers(1, room + 1))
         order = self.rng.permutation(len(eligible)).tolist()
         victims: list[SoakPeer] = []
@@ -453,88 +464,77 @@ class Soak:
                     down | {v.index for v in victims}):
                 continue
             victims.append(eligible[k])
+        return sorted(victims, key=lambda v: v.index)
+
+    def _kill_some(self) -> None:
+        down = sum(p.down for p in self.peers)
+        victims = self._victims()
         if not victims:
             return
-        victims.sort(key=lambda v: v.index)
         for p in victims:
-            number = len(self.kills)
-            kill = Kill(p.index, number, aimed=number % a.checkpoint_every == 0,
-                        at_s=round(self.now(), 3))
-            kill.restart_delay_s = round(float(self.rng.uniform(*a.restart_delay)), 3)
-            self.kills.append(kill)
-            p.kills.append(kill)
-            p.pending = kill
-            if kill.aimed:
-                p.aim = CheckpointAim(p.process.proc.pid, p.process.state_dir,
-                                      patience=a.aim_patience)
-                p.aim.start()
-            else:
-                kill.tmp_before = _stat_key(p.process.state_dir / TMP_CHECKPOINT)
-                kill.killed_at_s, kill.killed_mono = kill.at_s, time.monotonic()
-                p.process.proc.kill()
+            self._kill(p)
         first, last = len(self.kills) - len(victims) + 1, len(self.kills)
         numbers = f"#{first}" if first == last else f"#{first}-#{last}"
         aimed = sum(k.aimed for k in self.kills[first - 1:])
         self.say(f"kill {numbers}: peers {[v.index for v in victims]}"
                  f"{f' ({aimed} aimed at its next checkpoint write)' if aimed else ''}; "
-                 f"{len(down) + len(victims)} down")
+                 f"{down + len(victims)} down")
 
-    def _reap(self) -> None:
-        """Processes that died: our kills (record them), or peers that ended on their own."""
-        for p in self.peers:
-            proc = p.process.proc
-            if proc is None or proc.poll() is None:
-                continue
-            if p.pending is not None:
-                self._after_kill(p)
-            elif p.restart_at is None and p.crashed is None and not p.process.killed_at:
-                final = p.process.state_dir / "final.json"
-                if proc.returncode == 0 and final.exists():
-                    continue  # finished
-                last = p.kills[-1] if p.kills else None
-                tail = stderr_tail(p.process)
-                if last is not None and last.start_failures < 3 and \
-                        "address already in use" in tail:
-                    last.start_failures += 1
-                    p.restart_at = time.monotonic() + 1.0
-                    self.notes.append(f"peer {p.index}: restart failed (port taken), retried")
-                    continue
-                p.crashed = f"exit status {proc.returncode}: {tail[-300:]}"
-                self.notes.append(f"peer {p.index} ended without finishing: {p.crashed}")
-                self.say(f"peer {p.index} ended on its own without finishing "
-                         f"(status {proc.returncode})")
+    def _kill(self, p: SoakPeer) -> None:
+        """SIGKILL ``p`` now, or (every --checkpoint-every-th kill) at its next checkpoint
+        write; the process is reaped in on_exit."""
+        a = self.args
+        number = len(self.kills)
+        kill = Kill(p.index, number, aimed=number % a.checkpoint_every == 0,
+                    at_s=round(self.now(), 3))
+        kill.restart_delay_s = round(float(self.rng.uniform(*a.restart_delay)), 3)
+        self.kills.append(kill)
+        p.kills.append(kill)
+        p.pending = kill
+        if kill.aimed:
+            p.aim = CheckpointAim(p.process.proc.pid, p.process.state_dir,
+                                  patience=a.aim_patience)
+            p.aim.start()
+        else:
+            kill.tmp_before = _stat_key(p.process.state_dir / TMP_CHECKPOINT)
+            kill.killed_at_s, kill.killed_mono = kill.at_s, time.monotonic()
+            p.process.proc.kill()
+
+    # -- exits and restarts
+
+    def _ended_by_itself(self, p: SoakPeer, code: int) -> None:
+        """A process that was not killed ended: finished, a restart that found its port taken
+        (retried, up to 3 times), or a crash."""
+        if code == 0 and p.process.final() is not None:
+            return  # finished
+        last = p.kills[-1] if p.kills else None
+        tail = p.process.stderr_tail()
+        if last is not None and last.start_failures < 3 and "address already in use" in tail:
+            last.start_failures += 1
+            p.restart_at = time.monotonic() + 1.0
+            self.notes.append(f"peer {p.index}: restart failed (port taken), retried")
+            return
+        p.crashed = f"exit status {code}: {tail[-300:]}"
+        self.notes.append(f"peer {p.index} ended without finishing: {p.crashed}")
+        self.say(f"peer {p.index} ended on its own without finishing (status {code})")
 
     def _after_kill(self, p: SoakPeer) -> None:
+        """Record what the kill left: whether it landed mid-write, the last round logged, the
+        checkpoint's round (or why it does not load); schedule the restart."""
         kill = p.pending
         assert kill is not None
-        p.process.proc.wait()
         tmp = _stat_key(p.process.state_dir / TMP_CHECKPOINT)
         if p.aim is not None:  # (a process that died by itself meanwhile is not shot at)
-            p.aim.cancelled.set()
-            p.aim.join()
-            kill.fired_on_write, kill.tmp_before = p.aim.fired_on_write, p.aim.before
-            if p.aim.killed_at is None:
-                self.notes.append(f"peer {p.index} died by itself while a kill was aimed at it "
-                                  f"(status {p.process.proc.returncode})")
-            else:
-                kill.killed_at_s = round(p.aim.killed_at - self.started, 3)
-                kill.killed_mono = p.aim.killed_at
-            p.aim = None
+            self._end_aim(p, kill)
         if kill.killed_mono is None:
             kill.killed_mono = time.monotonic()
         kill.mid_write = tmp is not None and tmp != kill.tmp_before
-        read_log(p.process)
+        self.notes += p.process.read_log()
         kill.last_logged_round = max((e["round"] for _, e in read_events(p.process.log_path)
-                                      if e["event"] == "round"), default=0)
-        try:
-            state = load_checkpoint(p.process.state_dir)
-            kill.checkpoint_round = None if state is None else int(state["round"])
-            if state is None:
-                kill.checkpoint_error = "no checkpoint"
-        except Exception as exc:  # an unreadable checkpoint is what this check looks for
-            kill.checkpoint_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                                      if e["event"] == LogEvent.ROUND), default=0)
+        kill.checkpoint_round, kill.checkpoint_error = read_checkpoint_round(
+            p.process.state_dir)
         p.process.serving = False
-        p.process.killed_at = time.monotonic()
         p.pending = None
         p.restart_at = time.monotonic() + kill.restart_delay_s
         if kill.aimed:
@@ -542,6 +542,19 @@ class Soak:
             self.say(f"peer {p.index} killed {'at' if kill.fired_on_write else 'without'} a "
                      f"checkpoint write{left}, checkpoint round {kill.checkpoint_round}, last "
                      f"logged round {kill.last_logged_round}")
+
+    def _end_aim(self, p: SoakPeer, kill: Kill) -> None:
+        aim = p.aim
+        aim.cancelled.set()
+        aim.join()
+        kill.fired_on_write, kill.tmp_before = aim.fired_on_write, aim.before
+        if aim.killed_at is None:
+            self.notes.append(f"peer {p.index} died by itself while a kill was aimed at it "
+                              f"(status {p.process.proc.returncode})")
+        else:
+            kill.killed_at_s = round(aim.killed_at - self.started, 3)
+            kill.killed_mono = aim.killed_at
+        p.aim = None
 
     def _restart_due(self) -> None:
         for p in self.peers:
@@ -553,14 +566,22 @@ class Soak:
                     kill.restarted_at_s = round(self.now(), 3)
                     p.process.restarts += 1
                 p.restart_at = None
-                p.process.killed_at = None
                 p.process.start()
+
+
+def read_checkpoint_round(state_dir: Path) -> tuple[int | None, str | None]:
+    """The round of the peer's checkpoint, or why it cannot be read (None, reason)."""
+    try:
+        state = load_checkpoint(state_dir)
+        return (None, "no checkpoint") if state is None else (int(state["round"]), None)
+    except Exception as exc:  # an unreadable checkpoint is what the checks look for
+        return None, f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 # -- the checks ----------------------------------------------------------------------------
 
 
-def analyse_restarts(soak: Soak) -> None:
+def analyse_restarts(soak: RandomKills) -> None:
     """Fill in what each restart's new process logged: resumed round, catch-up, rounds lost."""
     for p in soak.peers:
         events = read_events(p.process.log_path)
@@ -571,30 +592,39 @@ def analyse_restarts(soak: Soak) -> None:
             end = next((o for o in offsets[i + 1:] if o is not None), None)
             life = [e for off, e in events if off >= kill.restart_log_offset
                     and (end is None or off < end)]
-            resumed = next((e for e in life if e["event"] == "resumed"), None)
-            kill.resumed_round = None if resumed is None else resumed["round"]
-            rounds = [e["round"] for e in life if e["event"] == "round"]
-            kill.first_round_after = rounds[0] if rounds else None
-            catch = next((e for e in life if e["event"] == "catch_up"), None)
-            kill.catch_up = None if catch is None else [catch["from_round"], catch["to_round"]]
-            listening = next((e for e in life if e["event"] == "listening"), None)
-            if listening is not None:
-                kill.back_at_s = round(listening["t"] - soak.started_wall, 3)
-            if kill.resumed_round is not None:
-                kill.rounds_lost = max(0, kill.last_logged_round - kill.resumed_round)
+            analyse_life(kill, life, soak.started_wall)
 
 
-def peer_waits(folder: Path, index: int, restart_offsets: list[int], ceiling: float
+def first_event(life: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
+    return next((e for e in life if e["event"] == kind), None)
+
+
+def analyse_life(kill: Kill, life: list[dict[str, Any]], started_wall: float) -> None:
+    """What the process life after ``kill`` logged: resumed round, catch-up, rounds lost."""
+    resumed = first_event(life, LogEvent.RESUMED)
+    kill.resumed_round = None if resumed is None else resumed["round"]
+    rounds = [e["round"] for e in life if e["event"] == LogEvent.ROUND]
+    kill.first_round_after = rounds[0] if rounds else None
+    catch = first_event(life, LogEvent.CATCH_UP)
+    kill.catch_up = None if catch is None else [catch["from_round"], catch["to_round"]]
+    listening = first_event(life, LogEvent.LISTENING)
+    if listening is not None:
+        kill.back_at_s = round(listening["t"] - started_wall, 3)
+    if kill.resumed_round is not None:
+        kill.rounds_lost = max(0, kill.last_logged_round - kill.resumed_round)
+
+
+def peer_waits(peer: PeerProcess, restart_offsets: list[int], ceiling: float
                ) -> dict[str, Any]:
-    """One peer's waits (the module docstring says what is measured): final.json max_wait_s,
-    the timed-out waits of every process life after the first rendezvous, and the figure the
-    check uses."""
-    path = folder / f"peer{index}" / "final.json"
-    recorded = json.loads(path.read_text()).get("max_wait_s") if path.exists() else None
+    """One peer's waits (the module docstring says what is measured): its final summary's
+    max_wait_s, the timed-out waits of every process life after the first rendezvous, and the
+    figure the check uses."""
+    final = peer.final()
+    recorded = final.get("max_wait_s") if final else None
     first_life_end = min(restart_offsets, default=None)
     timed_out, startup_timed_out = [], False
-    for off, e in read_events(folder / f"peer{index}" / "log.jsonl"):
-        if e["event"] != "suspect":
+    for off, e in read_events(peer.log_path):
+        if e["event"] != LogEvent.SUSPECT:
             continue
         if (first_life_end is None or off < first_life_end) and e.get("round") == 0 and \
                 e.get("step") == 0:
@@ -603,34 +633,30 @@ def peer_waits(folder: Path, index: int, restart_offsets: list[int], ceiling: fl
             timed_out.append(float(e.get("waited_s", 0.0)))
     includes_startup = not restart_offsets  # the last life is the first one
     if recorded is None:
-        used, how = None, "no final.json"
+        used, how = None, f"no {FINAL_SUMMARY}"
     elif includes_startup and recorded > ceiling:
         used = max(timed_out, default=0.0)
         how = "longest timed-out wait after the first rendezvous (max_wait_s includes it)"
     else:
         used = max([recorded, *timed_out])
-        how = "final.json max_wait_s" + (" and the earlier lives' timed-out waits"
-                                         if timed_out else "")
+        how = f"{FINAL_SUMMARY} max_wait_s" + (" and the earlier lives' timed-out waits"
+                                                if timed_out else "")
     return {"max_wait_s": recorded, "includes_startup": includes_startup,
             "startup_rendezvous_timed_out": startup_timed_out,
             "longest_timed_out_wait_s": max(timed_out, default=None),
             "wait_checked_s": used, "measured_as": how, "survivor": includes_startup}
 
 
-def round_times(folder: Path, nodes: int) -> list[float]:
-    return [e["round_s"] for i in range(nodes)
-            for _, e in read_events(folder / f"peer{i}" / "log.jsonl") if e["event"] == "round"]
+def round_times(peers: list[PeerProcess]) -> list[float]:
+    return [e["round_s"] for p in peers
+            for _, e in read_events(p.log_path) if e["event"] == LogEvent.ROUND]
 
 
-def finals(folder: Path, nodes: int) -> dict[int, dict[str, Any] | None]:
-    out = {}
-    for i in range(nodes):
-        path = folder / f"peer{i}" / "final.json"
-        out[i] = json.loads(path.read_text()) if path.exists() else None
-    return out
+def finals(peers: list[PeerProcess]) -> dict[int, dict[str, Any] | None]:
+    return {i: p.final() for i, p in enumerate(peers)}
 
 
-def check(soak: Soak, s: LaunchConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def check(soak: RandomKills, s: LaunchConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """[(name, passed, detail)] and the figures they rest on."""
     a, nodes, ceiling = soak.args, s.graph.nodes, s.gossip.deadline_ceiling_s
     analyse_restarts(soak)
@@ -662,13 +688,10 @@ def check(soak: Soak, s: LaunchConfig) -> tuple[list[dict[str, Any]], dict[str, 
                              f"{TMP_CHECKPOINT}, {sum(k.mid_write for k in soak.kills)} left it "
                              f"behind (killed mid-write)"})
 
-    final_reads = {}
+    final_reads: dict[int, int | str | None] = {}
     for p in soak.peers:
-        try:
-            state = load_checkpoint(p.process.state_dir)
-            final_reads[p.index] = None if state is None else int(state["round"])
-        except Exception as exc:
-            final_reads[p.index] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        at, error = read_checkpoint_round(p.process.state_dir)
+        final_reads[p.index] = at if error is None else error
     at_kills = [k for k in soak.kills if k.checkpoint_error]
     at_end = {i: r for i, r in final_reads.items() if not isinstance(r, int)}
     failures = len(at_kills) + len(at_end)
@@ -680,9 +703,8 @@ def check(soak: Soak, s: LaunchConfig) -> tuple[list[dict[str, Any]], dict[str, 
                                        f"{k.checkpoint_error}" for k in at_kills)
                              + "".join(f"; peer {i} at the end: {r}" for i, r in at_end.items())})
 
-    waits = {p.index: peer_waits(soak.run_dir, p.index,
-                                 [k.restart_log_offset for k in p.kills
-                                  if k.restart_log_offset is not None], ceiling)
+    waits = {p.index: peer_waits(p.process, [k.restart_log_offset for k in p.kills
+                                             if k.restart_log_offset is not None], ceiling)
              for p in soak.peers}
     limit = ceiling + a.wait_slack
     over = {i: w for i, w in waits.items()
@@ -704,7 +726,7 @@ def check(soak: Soak, s: LaunchConfig) -> tuple[list[dict[str, Any]], dict[str, 
                                               "startup_rendezvous_timed_out"] else "") + ")"
                                        for i, w in over.items())})
 
-    ends = finals(soak.run_dir, nodes)
+    ends = finals(soak.processes)
     components = {i: tuple(f["component"]) if f and f.get("component") is not None else None
                   for i, f in ends.items()}
     groups: dict[Any, list[int]] = {}
@@ -718,11 +740,11 @@ def check(soak: Soak, s: LaunchConfig) -> tuple[list[dict[str, Any]], dict[str, 
                                   f"peers {members} ended with component "
                                   f"{list(c) if c is not None else None}"
                                   for c, members in groups.items())
-                              + (f"; no final.json with state done: peers {not_done}"
+                              + (f"; no {FINAL_SUMMARY} with state done: peers {not_done}"
                                  if not_done else ""))})
 
     if not one:
-        checks[-1]["detail"] += merge_diagnosis(soak.run_dir, nodes, s.run.rounds, components)
+        checks[-1]["detail"] += merge_diagnosis(soak.processes, s.run.rounds, components)
 
     children = [p.index for p in soak.peers if p.process.running]
     others = peer_processes(str(soak.run_dir))
@@ -737,7 +759,7 @@ def check(soak: Soak, s: LaunchConfig) -> tuple[list[dict[str, Any]], dict[str, 
 
     lost = [k.rounds_lost for k in restarts if k.rounds_lost is not None]
     skipped = [k.catch_up[1] - k.catch_up[0] for k in restarts if k.catch_up]
-    rounds = round_times(soak.run_dir, nodes)
+    rounds = round_times(soak.processes)
     merged = [f["merged_accuracy"] for f in ends.values() if f and f.get("merged_accuracy")
               is not None]
     figures = {
@@ -765,18 +787,18 @@ def check(soak: Soak, s: LaunchConfig) -> tuple[list[dict[str, Any]], dict[str, 
     return checks, figures
 
 
-def merge_diagnosis(folder: Path, nodes: int, rounds: int,
+def merge_diagnosis(peers: list[PeerProcess], rounds: int,
                     components: dict[int, tuple[int, ...] | None]) -> str:
     """Why the merge split, from the logs: where every peer was when the first one finished
     training, and which memberships are one-sided."""
-    logs = {i: read_events(folder / f"peer{i}" / "log.jsonl") for i in range(nodes)}
-    ends = [e["t"] for i in logs for _, e in logs[i] if e["event"] == "round"
-            and e["round"] == rounds]
+    logs = {i: [e for _, e in read_events(p.log_path) if e["event"] == LogEvent.ROUND]
+            for i, p in enumerate(peers)}
+    ends = [e["t"] for i in logs for e in logs[i] if e["round"] == rounds]
     text = ""
     if ends:
         first = min(ends)
-        at = {i: max((e["round"] for _, e in logs[i] if e["event"] == "round"
-                      and e["t"] <= first), default=0) for i in logs}
+        at = {i: max((e["round"] for e in logs[i] if e["t"] <= first), default=0)
+              for i in logs}
         text += f"; when the first peer finished round {rounds}, the peers were at rounds {at}"
     one_sided = sorted({(i, j) for i, c in components.items() if c for j in c
                         if j != i and components.get(j) is not None and i not in components[j]})
@@ -821,10 +843,10 @@ def table(f: dict[str, Any], base: dict[str, Any] | None, nodes: int) -> str:
 def baseline(s: LaunchConfig, folder: Path, timeout: float) -> dict[str, Any]:
     """The same network, undisturbed (node.launcher.launch)."""
     summary = launch(s.updated(out=str(folder), timeout=max(30.0, timeout)))
-    nodes = s.graph.nodes
-    ends = finals(folder, nodes)
-    rounds = round_times(folder, nodes)
-    waits = [peer_waits(folder, i, [], s.gossip.deadline_ceiling_s) for i in range(nodes)]
+    peers = RunFolder(folder).processes(s.graph.nodes)
+    ends = finals(peers)
+    rounds = round_times(peers)
+    waits = [peer_waits(p, [], s.gossip.deadline_ceiling_s) for p in peers]
     components = {tuple(f["component"]) if f and f.get("component") else None
                   for f in ends.values()}
     return {"merged_acc": summary["merged_acc"], "mean_acc": summary["mean_acc"],
@@ -935,28 +957,23 @@ def main(argv=None) -> int:
     if not 0 <= args.restart_delay[0] <= args.restart_delay[1]:
         parser.error("--restart-delay needs 0 <= MIN <= MAX")
     run_dir = Path(args.run_dir).resolve()
-    out = Path(args.out) if args.out else run_dir / "summary.json"
+    out = Path(args.out) if args.out else run_dir / SUMMARY_FILE
     try:
         s = settings(args, run_dir / "soak")
     except ValueError as exc:
         parser.error(str(exc))
-    soak = Soak(s, args, run_dir / "soak")
     try:
-        soak.run()
+        soak = run_soak(s, args, run_dir / "soak")
     except (ValueError, OSError) as exc:
         print(f"soak.py: error: {exc}", file=sys.stderr)
         return 2
     checks, figures = check(soak, s)
     base = None
     if not args.no_baseline and not soak.interrupted:
-        if not args.quiet:
-            print("undisturbed run, same seed and settings ...", file=sys.stderr, flush=True)
-        base = baseline(s, run_dir / "undisturbed", args.timeout - soak.now())
-        if base["left"]:
-            checks.append({"name": "processes (undisturbed)", "passed": False,
-                           "detail": f"pids left: {base['left']}"})
-    passed = all(c["passed"] for c in checks) and not soak.interrupted and \
-        not (base and base["interrupted"])
+        base = undisturbed(s, args, run_dir / "undisturbed", seconds=args.timeout - soak.now(),
+                           checks=checks)
+    interrupted = soak.interrupted or bool(base and base["interrupted"])
+    passed = all(c["passed"] for c in checks) and not interrupted
     summary = {"settings": s.to_dict(), "args": vars(args), "passed": passed,
                "interrupted": soak.interrupted, "checks": checks, "figures": figures,
                "undisturbed": base, "notes": soak.notes,
@@ -965,11 +982,33 @@ def main(argv=None) -> int:
                          for kill in soak.kills]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1, default=str))
+    report(summary, s, out=out, run_dir=run_dir)
+    if interrupted:
+        return 130
+    return 0 if passed else 1
+
+
+def undisturbed(s: LaunchConfig, args: argparse.Namespace, folder: Path, *, seconds: float,
+                checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The baseline run, in the ``seconds`` the soak left; adds a failed check to ``checks`` if
+    it left processes."""
+    if not args.quiet:
+        print("undisturbed run, same seed and settings ...", file=sys.stderr, flush=True)
+    base = baseline(s, folder, seconds)
+    if base["left"]:
+        checks.append({"name": "processes (undisturbed)", "passed": False,
+                       "detail": f"pids left: {base['left']}"})
+    return base
+
+
+def report(summary: dict[str, Any], s: LaunchConfig, *, out: Path, run_dir: Path) -> None:
+    """The table, the checks, the notes, and the headline JSON line last."""
+    figures, base = summary["figures"], summary["undisturbed"]
     print(table(figures, base, s.graph.nodes))
     print()
-    for c in checks:
+    for c in summary["checks"]:
         print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']:<12} {c['detail']}")
-    for note in soak.notes:
+    for note in summary["notes"]:
         print(f"note: {note}")
     print(f"\nsummary: {out}")
     print(json.dumps({
@@ -984,11 +1023,7 @@ def main(argv=None) -> int:
         "merged_acc": figures["merged_acc"],
         "merged_acc_undisturbed": base["merged_acc"] if base else None,
         "processes_left": len(peer_processes(str(run_dir))),
-        "passed": passed, "wall_s": figures["wall_s"]}))
-    if soak.interrupted or (base and base["interrupted"]):
-        return 130
-    return 0 if passed else 1
-
+        "passed": summary["passed"], "wall_s": figures["wall_s"]}))
 
 if __name__ == "__main__":
     sys.exit(main())
