@@ -12,10 +12,22 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:
+    fcntl = None
+
 POLL_INTERVAL_S = 0.05
+
+# The long forms of the slow tests: DECENT_LONG_TESTS=1 makes tests/test_fuzz.py send 10,000
+# messages instead of 2,500 and tests/test_netns.py run 120 rounds instead of 60
+# (scripts/fuzz_peer.py and scripts/netns_faults.py run them so); the soak's long form is
+# scripts/soak.py's own defaults.
+LONG_TESTS = os.environ.get("DECENT_LONG_TESTS", "") not in ("", "0")
 
 # relative tolerance on floats compared with a golden file: see compare_rows
 GOLDEN_REL = 1e-6
@@ -204,3 +216,44 @@ def running(command: list[str], **popen):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class MachineLock:
+    """A readers-writer lock shared by the xdist workers of one run (flock on two files in
+    ``folder``), writers first: a writer holds the gate while it waits for the lock, and a
+    reader passes the gate before it takes the lock shared. (tests/conftest.py: every test holds
+    it shared, a test marked ``serial`` exclusively.)"""
+
+    available = fcntl is not None  # not on Windows: there serial tests run alongside the others
+
+    def __init__(self, folder: Path):
+        self.gate = open(folder / "machine.gate", "a")  # noqa: SIM115 - closed in close()
+        self.lock = open(folder / "machine.lock", "a")  # noqa: SIM115
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        fcntl.flock(self.gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(self.gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        fcntl.flock(self.gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self.lock, fcntl.LOCK_UN)
+        finally:
+            fcntl.flock(self.gate, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self.gate.close()
+        self.lock.close()

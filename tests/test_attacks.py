@@ -227,6 +227,7 @@ def sybil_config(mixing, **kw):
     return SimConfig.of(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_every_sybil_identity_sends_the_adversary_model_and_sybilwall_resists():
     sim = Simulation.from_config(sybil_config("average"))
     identities = [v for v, k in sim.owner.items() if k == 20]
@@ -250,6 +251,7 @@ def test_sybilwall_gossips_histories_from_beyond_one_hop():
     assert sim.traffic.messages > foolsgold.traffic.messages
 
 
+@pytest.mark.slow
 def test_clipped_gossip_survives_noise_that_breaks_plain_averaging(tmp_path):
     common = ["--nodes", "12", "--topology", "ring", "--algorithm", "dfedavg", "--rounds", "10",
               "--attack", "noise", "--adversaries", "2", "--quiet", "--model", "logreg"]

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sim import SimConfig
 from sim.batched import BatchedSimulation, Rows
 from sim.cli import main
@@ -159,6 +161,7 @@ def assert_same_run(one: list[dict], many: list[dict], s1: dict, s2: dict) -> No
         assert all(abs(s1[key][i] - s2[key][i]) <= ACC_TOL for i in s1[key])
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_give_the_metrics_of_one_process(tmp_path):
     one, two, s1, s2 = one_and_ranks(tmp_path, SCENARIO, ranks=2)
     assert len(one) == 6
@@ -166,6 +169,7 @@ def test_two_gloo_ranks_give_the_metrics_of_one_process(tmp_path):
     assert_same_run(one, two, s1, s2)
 
 
+@pytest.mark.slow
 def test_three_uneven_ranks_through_a_partition_and_failing_links(tmp_path):
     """25 peers over 3 ranks (9, 8, 8 rows): a partition (several components to merge), links
     failing, relays, a crash and a fresh rejoin whose donor may sit on another rank."""

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from node.config import LaunchConfig, PeerConfig, SimConfig
 from node.schema import read_config_file
@@ -42,6 +43,7 @@ def simulate(folder: Path, out: Path, rounds: int) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_tabular_example_learns_the_fault_rule(tmp_path):
     folder = copy_example("tabular", tmp_path)
     made = run(["make_data.py"], cwd=folder)
@@ -67,6 +69,7 @@ def test_make_data_is_seeded(tmp_path):
     assert a == b and a != c
 
 
+@pytest.mark.slow
 def test_vision_example_runs_on_tiny_cifar(tmp_path):
     folder = copy_example("vision", tmp_path)
     made = run(["make_tiny_cifar.py"], cwd=folder)

@@ -36,6 +36,7 @@ def new_project(tmp_path: Path) -> Path:
     return project
 
 
+@pytest.mark.slow
 def test_the_starter_peer_trains_on_its_data(tmp_path):
     project = new_project(tmp_path)
     with no_peer_left_behind(str(project)):
@@ -50,6 +51,7 @@ def test_the_starter_peer_trains_on_its_data(tmp_path):
     assert (project / "state" / "log.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_the_starter_project_simulates(tmp_path):
     """The same file in the simulator ([data] validation_fraction is accepted there too)."""
     project = new_project(tmp_path)
@@ -61,6 +63,7 @@ def test_the_starter_project_simulates(tmp_path):
     assert summary["mean_acc"] > CHANCE and summary["merged_acc"] > CHANCE, summary
 
 
+@pytest.mark.slow
 def test_the_starter_project_launches_from_another_folder(tmp_path):
     """The launched peers import model:build and data:load through the [run] import_path their
     configs inherit, not through the launcher's working directory."""
@@ -75,6 +78,7 @@ def test_the_starter_project_launches_from_another_folder(tmp_path):
     assert summary["mean_acc"] > CHANCE, summary
 
 
+@pytest.mark.slow
 def test_init_refuses_a_folder_that_holds_something(tmp_path):
     project = tmp_path / "taken"
     project.mkdir()

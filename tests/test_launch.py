@@ -14,6 +14,7 @@ from tests.helpers import no_peer_left_behind, peer_processes, running, wait_for
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_launch_8_peers_on_a_ring_completes_and_leaves_no_process(tmp_path):
     out = tmp_path / "run"
     with no_peer_left_behind(str(out)):
@@ -38,6 +39,7 @@ def test_launch_8_peers_on_a_ring_completes_and_leaves_no_process(tmp_path):
         assert summary["interrupted"] is False
 
 
+@pytest.mark.slow
 def test_interrupting_the_launcher_stops_every_peer(tmp_path):
     out = tmp_path / "run"
     with no_peer_left_behind(str(out)):
@@ -56,6 +58,7 @@ def test_interrupting_the_launcher_stops_every_peer(tmp_path):
     assert (out / "accuracy.png").exists()
 
 
+@pytest.mark.slow
 def test_an_interrupted_launch_prints_its_table(tmp_path):
     out = tmp_path / "run"
     with no_peer_left_behind(str(out)):
@@ -70,6 +73,7 @@ def test_an_interrupted_launch_prints_its_table(tmp_path):
     assert "INTERRUPTED" in stdout and "mean peer accuracy" in stdout
 
 
+@pytest.mark.slow
 def test_emit_configs_for_several_hosts_starts_nothing(tmp_path):
     hosts = tmp_path / "hosts.txt"
     hosts.write_text("10.0.0.5\n10.0.0.6:9000  # second machine\n")
@@ -90,6 +94,7 @@ def test_emit_configs_for_several_hosts_starts_nothing(tmp_path):
     assert peer_processes(str(tmp_path / "deploy")) == []
 
 
+@pytest.mark.slow
 def test_churn_killed_peers_restart_and_every_peer_finishes(tmp_path):
     out = tmp_path / "run"
     with no_peer_left_behind(str(out)):
@@ -124,6 +129,7 @@ def test_the_live_line_says_what_it_counts(tmp_path):
     assert "peers serving 0/3" in text
 
 
+@pytest.mark.slow
 def test_join_mode_grows_one_network_from_two_bootstrap_peers(tmp_path):
     """2 bootstrap peers, then 2 joiners with --join only: both are admitted, link, take a
     neighbour's model, mix, and the merge finds one component of all four."""
@@ -168,6 +174,7 @@ def test_join_mode_grows_one_network_from_two_bootstrap_peers(tmp_path):
     (["--nodes", "4", "--join", "--rounds", "5", "--kill-bootstrap-at-round", "5"],
      "must be < --rounds 5"),
 ])
+@pytest.mark.slow
 def test_bad_join_mode_input_is_one_clear_error(tmp_path, argv, message):
     out = tmp_path / "run"
     result = subprocess.run([sys.executable, "scripts/launch.py", *argv, "--out", str(out)],

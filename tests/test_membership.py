@@ -215,6 +215,7 @@ def outsider(tmp_path_factory) -> tuple[Path, Path, Path]:
 # -- processes: join, a killed bootstrap, a graceful leave, admission -------------------------
 
 
+@pytest.mark.slow
 def test_join_state_transfer_killed_bootstrap_graceful_leave_and_refused_outsider(
         tmp_path, outsider):
     """Issue 12, tests 1-4 (signed part) on one network of real processes.
@@ -316,6 +317,7 @@ def test_join_state_transfer_killed_bootstrap_graceful_leave_and_refused_outside
         assert {i: codes[i] for i in (1, 3, 4, 5)} == {1: 0, 3: 0, 4: 0, 5: 0}, codes
 
 
+@pytest.mark.slow
 def test_a_crowd_of_joiners_in_open_mode_respects_the_donor_limit_and_admits_the_outsider(
         tmp_path, outsider):
     """Issue 12, tests 4 (open part) and 5. On a network in [trust] mode = "open" with
@@ -371,6 +373,7 @@ def test_a_crowd_of_joiners_in_open_mode_respects_the_donor_limit_and_admits_the
         assert not alone, alone
 
 
+@pytest.mark.slow
 def test_a_dead_bootstrap_url_gives_up_after_join_timeout_with_exit_4(tmp_path):
     """Issue 12, test 6: a joiner whose only bootstrap URL has nothing listening retries with
     backoff (a few attempts, not a busy loop), then exits 4 with one line on stderr naming the
@@ -639,6 +642,7 @@ async def test_a_donor_serves_at_most_max_joiners_at_once(tmp_path):
         await target.close()
 
 
+@pytest.mark.slow
 def test_a_joiner_on_a_faster_machine_trains_with_the_network_not_alone(tmp_path):
     """Simulated clock, in-memory network: a 4-peer ring (0.05 s of work per step) and a joiner
     whose machine is 5x faster (0.01 s). The joiner must train *with* the network: hear a

@@ -58,6 +58,7 @@ def records(sim: PeerSimulation, peer: int) -> list[dict]:
     return [json.loads(line) for line in sim._logs[peer].getvalue().splitlines()]
 
 
+@pytest.mark.slow
 def test_views_stay_bounded_and_fill(membership_run):
     sim, summary, rows = membership_run
     assert len(rows) == ROUNDS
@@ -66,6 +67,7 @@ def test_views_stay_bounded_and_fill(membership_run):
     assert max(r["view_max"] for r in rows) >= VIEW // 2
 
 
+@pytest.mark.slow
 def test_the_overlay_of_alive_peers_stays_connected(membership_run):
     sim, summary, rows = membership_run
     assert [r["overlay_components"] for r in rows] == [1] * ROUNDS
@@ -75,6 +77,7 @@ def test_the_overlay_of_alive_peers_stays_connected(membership_run):
     assert rows[-1]["overlay_largest"] == NODES
 
 
+@pytest.mark.slow
 def test_arrivals_receive_the_current_model(membership_run):
     sim, summary, rows = membership_run
     fresh_after_one_round = rows[0]["mean_acc"]  # the initial peers start from a fresh model
@@ -89,6 +92,7 @@ def test_arrivals_receive_the_current_model(membership_run):
     assert rows[-1]["join_latency_max_s"] < 2.0  # simulated seconds: a few pieces of work
 
 
+@pytest.mark.slow
 def test_leavers_leave_their_neighbours_sets(membership_run):
     sim, summary, rows = membership_run
     departed = {int(v) for v in summary["departed"]}
@@ -107,6 +111,7 @@ def test_leavers_leave_their_neighbours_sets(membership_run):
     assert after["one_sided_edges"] == 0
 
 
+@pytest.mark.slow
 def test_a_restarted_peer_rejoins_through_the_peers_it_knew(membership_run):
     sim, summary, rows = membership_run
     back = summary["rejoins"]
@@ -120,6 +125,7 @@ def test_a_restarted_peer_rejoins_through_the_peers_it_knew(membership_run):
         assert peer.completed_rounds == ROUNDS
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_rows(membership_run):
     _, _, rows = membership_run
     _, _, again = run()

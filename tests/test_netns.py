@@ -38,16 +38,21 @@ import pytest
 
 from node.config import LaunchConfig
 from node.launcher import write_configs
-from tests.helpers import no_peer_left_behind, peer_processes, wait_for
+from tests.helpers import LONG_TESTS, no_peer_left_behind, peer_processes, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES = 4
 RING = [(0, 1), (1, 2), (2, 3), (0, 3)]  # edge e joins (i, j); its subnet is 10.77.e.0/30
 PORT = 7000  # the same in every namespace: each has its own network stack
-ROUNDS = 120
+# The suite's run is half the long form's (DECENT_LONG_TESTS=1, scripts/netns_faults.py): the
+# same faults in the same order, each at most 12 rounds instead of 30, and fewer rounds after
+# healing (the run's length is what a slow machine pays: its phases end on time, not rounds)
+ROUNDS = 120 if LONG_TESTS else 60
 PHASE_ROUNDS = 5  # each fault lasts at least these many rounds on every peer...
 PHASE_S = 3.0  # ... and this long (past the deadline ceiling), unless a peer did
-PHASE_MAX_ROUNDS = 30  # this many rounds meanwhile (so that the run cannot end before healing)
+PHASE_MAX_ROUNDS = 30 if LONG_TESTS else 12  # this many rounds meanwhile (so that the run
+# cannot end before healing: 3 phases of at most 12 rounds and a few more at the start, well
+# under ROUNDS - PHASE_ROUNDS)
 PHASE_TIMEOUT_S = 40.0
 # enough local work that a round takes a while (0.15 to 0.3 s with 4 peers on 2 cores), so that
 # each fault can last past the deadline ceiling within the run
@@ -274,6 +279,8 @@ def heard(log: PeerLog, first: int, last: int) -> list[int]:
             if first <= e["round"] <= last]
 
 
+@pytest.mark.slow
+@pytest.mark.serial
 def test_peers_train_through_loss_cuts_and_a_partition_and_merge_after_healing(lab, tmp_path):
     run_dir = tmp_path / "netns-run"
     configs = peer_configs(run_dir)

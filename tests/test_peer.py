@@ -90,6 +90,7 @@ async def test_final_merge_gives_every_peer_of_the_component_the_exact_average(t
     assert torch.allclose(peers[0].learner.params, exact, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 async def test_a_peer_killed_mid_run_does_not_stall_the_others(tmp_path):
     graph = T.ring(5)
     ceiling = 3.0  # generous: under a loaded CI machine a live but slow peer must not be suspected
@@ -169,6 +170,7 @@ def checkpoint_round(state_dir):
     return 0 if state is None else state["round"]
 
 
+@pytest.mark.slow
 def test_a_peer_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
     state = tmp_path / "state"
     log = tmp_path / "peer.log"
@@ -194,6 +196,7 @@ def test_a_peer_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
     assert final["merged_accuracy"] == final["accuracy"]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_after_the_current_step(tmp_path):
     state = tmp_path / "state"
     with running([sys.executable, "-m", "node", "--id", "0", "--rounds", "100000",
@@ -206,6 +209,7 @@ def test_sigterm_stops_cleanly_after_the_current_step(tmp_path):
     assert final["state"] == "stopped" and 3 <= final["rounds_completed"] < 100000
 
 
+@pytest.mark.slow
 def test_bad_peer_config_names_the_key(tmp_path):
     path = tmp_path / "peer.toml"
     path.write_text('[peer]\nid = 1\n[gossip]\ndeadline_floor_s = -1\n')

@@ -61,6 +61,7 @@ def in_memory_peers(tmp_path, rounds, graph, **settings):
     return peers, logs
 
 
+@pytest.mark.slow
 def test_a_busy_port_gives_one_line_naming_the_address(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -76,6 +77,7 @@ def test_a_busy_port_gives_one_line_naming_the_address(tmp_path):
     assert f"cannot listen on {address}: address already in use" in lines[0]
 
 
+@pytest.mark.slow
 def test_a_state_dir_reused_with_another_model_says_how_to_start_afresh(tmp_path):
     state, config = tmp_path / "state", tmp_path / "peer.toml"
     args = ("--config", str(config), "--id", "0", "--rounds", "1", "--state-dir", str(state),
@@ -102,6 +104,7 @@ def test_a_state_dir_reused_with_another_model_says_how_to_start_afresh(tmp_path
     assert "--state-dir" in line and "delete" in line
 
 
+@pytest.mark.slow
 def test_a_finished_peer_started_again_says_so_and_keeps_its_summary(tmp_path):
     state, log = tmp_path / "state", tmp_path / "log"
     args = ("--id", "0", "--rounds", "3", "--state-dir", str(state), "--log-file", str(log))

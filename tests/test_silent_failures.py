@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from node.config import PeerConfig
 from node.peer import JsonLog, LogEvent, Peer, Runtime
 from node.peer.cli import NEVER_MIXED_EXIT
@@ -87,6 +89,7 @@ def test_a_joiner_without_rounds_adopts_the_networks_run_length_and_merges_with_
     assert all(s["component"] == [0, 1, 2, 3, 4] for s in summaries)
 
 
+@pytest.mark.slow
 def test_peers_whose_models_differ_say_they_never_mixed_and_exit_non_zero(tmp_path):
     """Before: each refused every message of the other (422), yet both printed a normal done
     line with an accuracy and exited 0."""
@@ -115,6 +118,7 @@ def test_peers_whose_models_differ_say_they_never_mixed_and_exit_non_zero(tmp_pa
         assert final["never_mixed"] is True and final["mixed_steps"] == 0
 
 
+@pytest.mark.slow
 def test_a_peer_whose_neighbour_is_not_running_says_whom_it_waits_for_and_why(tmp_path):
     """Before: it stayed silent for the whole start-up timeout (100 s by default)."""
     dead = free_port()
@@ -145,6 +149,7 @@ def test_a_peer_whose_neighbour_is_not_running_says_whom_it_waits_for_and_why(tm
     assert any(e["event"] == LogEvent.UNREACHABLE and e["neighbours"] == [1] for e in log)
 
 
+@pytest.mark.slow
 def test_python_m_node_without_a_log_file_shows_progress_and_logs_json_to_its_state(tmp_path):
     """Before: one raw JSON line per round on standard output."""
     state = tmp_path / "alone"

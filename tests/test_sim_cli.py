@@ -19,6 +19,7 @@ def run_cli(*args, cwd=ROOT):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_python_m_sim_writes_metrics_summary_and_plot(tmp_path):
     out = tmp_path / "run"
     result = run_cli("--nodes", "6", "--rounds", "3", "--topology", "torus", "--nodes", "9",
@@ -40,6 +41,7 @@ def test_python_m_sim_writes_metrics_summary_and_plot(tmp_path):
     assert "merged acc" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_readme_demo_config_runs(tmp_path):
     result = run_cli("--config", "configs/demo.toml", "--rounds", "2", "--out",
                      str(tmp_path / "demo"))
@@ -70,11 +72,13 @@ def test_bad_arguments_get_one_clear_line_and_a_nonzero_exit(tmp_path, capsys, a
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_bad_flag_exits_nonzero_from_the_shell():
     result = run_cli("--topology", "hypercube")
     assert result.returncode == 2 and "[graph] topology: unknown 'hypercube'" in result.stderr
 
 
+@pytest.mark.slow
 def test_help_lists_every_topology_and_algorithm():
     result = run_cli("--help")
     assert result.returncode == 0

@@ -7,12 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import no_peer_left_behind, peer_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES, ROUNDS = 6, 12
 
 
+@pytest.mark.slow
+@pytest.mark.serial
 def test_a_short_soak_resumes_every_killed_peer_and_merges_in_one_group(tmp_path):
     run_dir, out = tmp_path / "soak", tmp_path / "summary.json"
     # Rounds of 300 local steps (~1 s here) leave time for a restart (a few seconds of process

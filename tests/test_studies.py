@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("study_churn.py", ["--rounds", "8", "--nodes", "20", "--fail-at", "3",
                         "--return-at", "5"], "max_round_s_after"),
 ])
+@pytest.mark.slow
 def test_study_script_writes_its_section_plot_and_json_line(tmp_path, script, args, key):
     results = tmp_path / "results.md"
     done = subprocess.run(

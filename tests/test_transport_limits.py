@@ -168,6 +168,7 @@ async def test_idle_kept_alive_connections_are_closed_after_the_idle_timeout():
         assert server.heads_timed_out == 0 and seen == [b"ok"]
 
 
+@pytest.mark.slow
 async def test_a_trickled_body_is_cut_off_with_408_and_never_handled():
     async with serving(max_body=1 << 16, header_timeout_s=5.0, body_timeout_s=0.5,
                        min_body_rate_bps=65536) as (server, seen):
@@ -601,6 +602,7 @@ def connect_many(port: int, count: int) -> list[socket.socket]:
 
 
 @pytest.mark.parametrize("reserve", ["reserve", "no-reserve"])
+@pytest.mark.slow
 def test_a_server_out_of_descriptors_degrades_and_recovers(tmp_path, many_fds, reserve):
     state, stderr_path = tmp_path / "state", tmp_path / "stderr"
     sockets: list[socket.socket] = []

@@ -248,6 +248,7 @@ def peer_process_config(tmp_path: Path, port: int, **settings) -> tuple[Path, li
     return path, configs
 
 
+@pytest.mark.slow
 def test_bombs_are_refused_before_memory_is_spent(tmp_path):
     """A body announcing 2 GB, a gzip body that inflates to 60 MiB, and msgpack bodies of
     millions of empty containers (signed by the trusted neighbour, so they reach the parser):
@@ -376,6 +377,7 @@ async def test_two_peers_train_and_merge_over_mutual_tls(tmp_path):
     assert all(s["bytes_in"] > 0 for s in summaries)
 
 
+@pytest.mark.slow
 def test_tls_that_cannot_be_used_stops_the_peer_at_start(tmp_path):
     pki = write_peer_pki(tmp_path)
     missing = str(tmp_path / "nowhere.pem")
@@ -402,6 +404,7 @@ def test_tls_that_cannot_be_used_stops_the_peer_at_start(tmp_path):
 # -- descriptors -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_peer_under_a_1024_descriptor_limit_survives_1100_slow_connections(tmp_path):
     """The issue's crash: 1,100 slow-header connections against a peer under the common 1,024
     limit ended it with EMFILE in save_checkpoint. Now the connections beyond the cap are closed

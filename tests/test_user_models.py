@@ -96,6 +96,7 @@ def project(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_a_user_model_on_a_user_csv_trains_in_a_peer_in_launched_peers_and_in_the_simulator(
         project):
     config = str(project / "config.toml")
@@ -244,6 +245,7 @@ def test_bad_user_code_is_one_line_naming_the_key(project, model, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_bad_data_files_and_sources_stop_the_peer_with_one_line(project):
     (project / "bad.csv").write_text("r0,fault\n1.0,1\nhot,0\n")
     for table, message in [

@@ -47,6 +47,7 @@ def parent_of(pid: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_forked_peers_load_the_data_once_and_share_the_parents_pages(tmp_path):
     (tmp_path / "mydata.py").write_text(LOADER)
     count = tmp_path / "calls.txt"
@@ -81,6 +82,7 @@ def test_forked_peers_load_the_data_once_and_share_the_parents_pages(tmp_path):
         assert peer["uss_mb"] is not None and peer["uss_mb"] < 0.4 * peer["rss_mb"], peer
 
 
+@pytest.mark.slow
 def test_killing_the_launcher_leaves_no_forked_peer(tmp_path):
     out = tmp_path / "run"
     with no_peer_left_behind(str(out)):
