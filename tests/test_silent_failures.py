@@ -189,3 +189,36 @@ def test_the_readmes_own_my_toml_runs_with_python_m_node_as_written(tmp_path):
     result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "val_accuracy 0." in result.stderr, result.stderr
+
+
+def test_a_peer_restarted_after_its_neighbours_finished_mixed_in_its_earlier_life(tmp_path):
+    """Never mixed means in the whole run: the mixing counts live in the checkpoint, so a peer
+    restarted when its neighbours were gone (scripts/soak.py) is not called isolated."""
+    from gossip import InMemoryHub
+    from sim.clock import run_simulated
+
+    def make(hub, i, rounds):
+        c = peer_config(i, 2, tmp_path, rounds, algorithm="dfedavg", final_merge=False,
+                        deadline_floor_s=0.2, deadline_ceiling_s=1.0)
+        c.neighbours = {1 - i: "http://in-memory"}
+        return Peer(c, transport=hub.transport(i), data=digits_data(),
+                    log=JsonLog(i, stream=io.StringIO()),
+                    runtime=Runtime.simulated_clock(work_s=0.05))
+
+    async def first_life():
+        hub = InMemoryHub()
+        peers = [make(hub, i, 2) for i in range(2)]
+        for p in peers:
+            await p.start()
+        return await asyncio.gather(*(p.run() for p in peers))
+
+    async def second_life():  # peer 0 alone, for one more round
+        peer = make(InMemoryHub(), 0, 3)
+        await peer.start()
+        return await peer.run()
+
+    before = run_simulated(first_life())
+    assert before[0]["mixed_steps"] > 0 and not before[0]["never_mixed"]
+    after = run_simulated(second_life())
+    assert after["rounds_completed"] == 3 and after["gossip_steps"] > before[0]["gossip_steps"]
+    assert after["mixed_steps"] == before[0]["mixed_steps"] and not after["never_mixed"]

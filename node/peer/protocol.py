@@ -109,7 +109,7 @@ class Peer:
         self._step_body: tuple[tuple[int, int], bytes] | None = None  # this step's model
         self._started: float | None = None
         self.first_mix_s: float | None = None  # start -> first model mixed with a neighbour's
-        self.steps_gossiped = 0  # gossip steps of this life that expected a neighbour
+        self.steps_gossiped = 0  # gossip steps of the run that expected a neighbour
         self.steps_mixed = 0  # ... in which at least one neighbour's model was mixed in
         self._resume()
         if cfg.membership.enabled and not cfg.neighbours:
@@ -224,6 +224,12 @@ class Peer:
         self.completed_rounds = int(state["round"])
         self.position = (self.completed_rounds, 0)
         self.traffic.update(state.get("traffic", {}))
+        # the whole run's mixing counts: a peer restarted after its neighbours finished mixes
+        # with nobody in its new life, yet it took part before (scripts/soak.py found such
+        # peers exiting as never mixed)
+        mixing = state.get("mixing", {})
+        self.steps_gossiped = int(mixing.get("gossip_steps", 0))
+        self.steps_mixed = int(mixing.get("mixed_steps", 0))
         self.membership.known_urls = list(state.get("known", []))
         # A resumed peer rejoins a running network: its neighbours are up or down, not starting,
         # so its first waits are bounded by the deadline ceiling, not the startup timeout (a
@@ -235,6 +241,7 @@ class Peer:
         save_checkpoint(self.config.peer.state_dir, {
             "round": self.completed_rounds, "learner": self.learner.state_dict(),
             "traffic": dict(self.traffic),
+            "mixing": {"gossip_steps": self.steps_gossiped, "mixed_steps": self.steps_mixed},
             **({"known": self.membership.known()} if self.membership.cfg.enabled else {})})
 
     def request_stop(self) -> None:
