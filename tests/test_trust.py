@@ -475,3 +475,23 @@ def test_the_keys_command_makes_an_authority_keys_certificates_and_stores(tmp_pa
     assert "refusing to overwrite" in capsys.readouterr().err
     for path in (key, cert, net / "authority.key"):
         assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_open_mode_refuses_a_certificate_sized_credential_that_is_no_certificate():
+    """Open mode pins each id to its first key; a credential of a certificate's size that is no
+    certificate has no key to pin (it once pinned None and raised TypeError)."""
+    from gossip.auth import (
+        _HEAD,
+        CERTIFICATE_SIZE,
+        ENVELOPE_VERSION,
+        MAGIC,
+        SIGNATURE_SIZE,
+        AuthError,
+    )
+
+    body = _HEAD.pack(MAGIC, ENVELOPE_VERSION, 5, CERTIFICATE_SIZE) + \
+        b"\x07" * CERTIFICATE_SIZE + b"\x00" * SIGNATURE_SIZE + b"payload"
+    store = TrustStore(mode="open")
+    with pytest.raises(AuthError) as refused:
+        store.open(body)
+    assert refused.value.status == 401 and not store.pinned
