@@ -32,9 +32,10 @@ class JoinSchedule(Policy):
     def on_tick(self, supervisor: Supervisor, now: float) -> None:
         if self.due is None:
             self.schedule(now)
-        for p, at in list((self.due or {}).items()):
+        due = self.due or {}
+        for p, at in list(due.items()):
             if now >= at:
-                del self.due[p]
+                del due[p]
                 p.start()
 
     def schedule(self, now: float) -> None:
@@ -95,6 +96,8 @@ class Churn(Policy):
         supervisor.say(f"killed peers {self.victims} (SIGKILL) at round {self.at_round}")
 
     def restart_due(self, supervisor: Supervisor, now: float) -> None:
+        if self.restart_after is None:
+            return
         for i, since in list(self.down_since.items()):
             p = supervisor.peers[i]
             if p.stopped_on_purpose:

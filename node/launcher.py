@@ -84,7 +84,7 @@ def write_configs(configs: list[PeerConfig], folder: Path, *, portable: bool = F
         configs = provision(configs, folder)
     paths = []
     for k, config in enumerate(configs):
-        path = RunFolder(folder).config(config.peer.id)
+        path = RunFolder(folder).config(config.id)
         path.write_text((headers[k] if headers else "") + dump_toml(config))
         paths.append(path)
     return paths
@@ -269,7 +269,7 @@ def experiment_configs(s: LaunchConfig, addresses: list[tuple[str, int]], run_di
     configs = []
     for config in flat.peer_configs(addresses, run_dir):
         table = config.explicit()
-        i = config.peer.id
+        i = config.id
         boot = i < s.launch.bootstrap
         table["neighbours"] = {str(j): url for j, url in enumerate(urls) if j != i} if boot \
             else {}

@@ -194,8 +194,8 @@ def progress_text(peers: Sequence[PeerProcess], total: int) -> str:
         return f"starting: {serving}/{len(peers)} peers serving, no round done yet{join}"
     done = [p.completed for p in peers if p.proc is not None and not p.stopped_on_purpose] or \
         [p.completed for p in peers]
-    latest = [p.rounds[p.completed] for p in peers if p.completed and
-              p.rounds[p.completed] is not None and not p.stopped_on_purpose]
+    latest = [a for p in peers if p.completed and not p.stopped_on_purpose
+              and (a := p.rounds[p.completed]) is not None]
     acc = f"{np.mean(latest):.3f}" if latest else "-"
     span = f"{min(done)}" if min(done) == max(done) else \
         f"{min(done)} (slowest) to {max(done)} (fastest)"

@@ -115,13 +115,14 @@ class ForkedProcess:
         while self.poll() is None:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise subprocess.TimeoutExpired(f"peer process {self.pid}", timeout)
+                raise subprocess.TimeoutExpired(f"peer process {self.pid}", timeout or 0.0)
             if self._pidfd is not None:  # poll: select cannot take descriptors >= 1024
                 waiter = select.poll()
                 waiter.register(self._pidfd, select.POLLIN)
                 waiter.poll(None if left is None else max(1, int(left * 1000)))
             else:
                 time.sleep(0.02 if left is None else min(0.02, left))
+        assert self.returncode is not None  # poll() saw the end
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
@@ -220,7 +221,7 @@ class Zygote:
         return ForkedProcess(pid, self)
 
     def _run_child(self, argv: list[str], stderr_fd: int, parent: int,
-                   mask: set[signal.Signals]) -> None:
+                   mask: set[int]) -> None:
         code = 1
         try:
             self._become_peer(stderr_fd, parent)
