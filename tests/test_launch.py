@@ -198,6 +198,7 @@ def emit(tmp_path, hosts_lines, *extra):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_emitted_configs_say_how_to_allow_joins_and_give_joiners_a_shard_each(tmp_path):
     # static (the default): the files and the message say joins are refused, and how to allow
     static = emit(tmp_path / "static", ["10.0.0.5"], "--nodes", "3", "--topology", "ring")
@@ -228,6 +229,7 @@ def test_emitted_configs_say_how_to_allow_joins_and_give_joiners_a_shard_each(tm
     assert peer_processes(str(deploy)) == []
 
 
+@pytest.mark.slow
 def test_a_joiner_of_emitted_configs_joins_the_running_network_on_its_own_shard(tmp_path):
     """The emitted peers run as a user runs them (python -m node --config peerI.toml); the
     emitted joiner is admitted by its certificate, joins, mixes, and trains on a shard that is

@@ -169,6 +169,7 @@ def readme_toml() -> str:
     return re.search(r"```toml\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_readmes_own_my_toml_runs_with_python_m_node_as_written(tmp_path):
     """Before: ``python -m node --config my.toml`` failed with '[peer] id must be set'."""
     import numpy as np
