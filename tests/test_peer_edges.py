@@ -253,7 +253,7 @@ async def test_the_checkpoint_holds_no_unused_torch_rng_state(tmp_path):
     state = load_checkpoint(tmp_path / "peer0")
     assert state["round"] == 1
     assert "torch_rng" not in state
-    assert set(state) == {"round", "learner", "traffic"}
+    assert set(state) == {"round", "learner", "traffic", "mixing"}
 
 
 async def test_stale_messages_are_counted_as_409_without_a_log_line_each(tmp_path):
