@@ -34,6 +34,7 @@ torch.set_num_threads(1)
 MAX_AUTO_WORKERS = 8
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of xdist's: the suite also runs without it
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto``: one worker per CPU this process may run on (logical CPUs, as
     os.sched_getaffinity counts them: xdist's own default counts physical cores where psutil is
