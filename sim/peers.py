@@ -390,6 +390,10 @@ class PeerSimulation(Simulation):
         return next((r["accuracy"] for r in self._round_records(i) if r["accuracy"] is not None),
                     None)
 
+    def log_records(self, i: int) -> list[dict[str, Any]]:
+        """Every record of peer ``i``'s JSON log (every life), for studies and tests."""
+        return parse_log(self._logs[i].getvalue())
+
     def _round_records(self, i: int) -> list[dict[str, Any]]:
         """Peer ``i``'s ``round`` log records (one per round it completed, every life)."""
         return parse_log(self._logs[i].getvalue(), LogEvent.ROUND)

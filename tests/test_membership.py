@@ -542,13 +542,12 @@ async def test_unsolicited_views_replies_and_states_are_refused(tmp_path):
         before = target.learner.vector().clone()
         assert (await target.handle(state(who[1])))[0] == 409  # nothing was asked
         m = target.membership
-        m._state = asyncio.get_running_loop().create_future()  # as _fetch_state asks peer 1
-        m._state_from = 1
+        expected = m.expect_state(1)  # as a joiner asks peer 1
         assert (await target.handle(state(who[3])))[0] == 409  # a neighbour not asked
         assert (await target.handle(state(who[5])))[0] == 403  # not a neighbour
-        assert not m._state.done()
+        assert not expected.done()
         assert await target.handle(state(who[1])) == (200, "ok")
-        assert m._state.result().sender == 1
+        assert expected.result().sender == 1
         assert torch.equal(target.learner.vector(), before)  # taken by the joiner, not here
     finally:
         await target.close()

@@ -8,8 +8,6 @@ same seed checks that rows repeat exactly.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from node.config import SimConfig
@@ -55,7 +53,7 @@ def membership_run():
 
 
 def records(sim: PeerSimulation, peer: int) -> list[dict]:
-    return [json.loads(line) for line in sim._logs[peer].getvalue().splitlines()]
+    return sim.log_records(peer)
 
 
 @pytest.mark.slow

@@ -492,8 +492,8 @@ def test_the_state_a_donor_sends_is_a_snapshot_of_its_model(tmp_path):
 
         peer.exchange.seal = capture
         hub.handlers[1] = joiner
-        peer.membership.serving += 1  # as accepting the request does; _donate gives it back
-        await peer.membership._donate(1)
+        peer.membership.serving += 1  # as accepting the request does; donate gives it back
+        await peer.membership.donate(1)
         await peer.close()
         return sealed
 

@@ -66,7 +66,7 @@ def test_a_crash_is_suspected_after_one_deadline_and_no_round_waits_longer():
     assert rows[0]["suspects"] == 0 and max(r["suspects"] for r in rows) >= 2
     assert all(r["max_round_s"] <= ceiling + 3 * PeerSimulation.work_s for r in rows)
     assert max(r["max_round_s"] for r in rows) >= 2.0  # someone did wait for the crashed peer
-    logs = [json.loads(line) for line in sim._logs[3].getvalue().splitlines()]
+    logs = sim.log_records(3)
     assert any(e["event"] == "resumed" for e in logs)  # the rejoined peer used its checkpoint
     assert sim.peers[3].completed_rounds == 6
     again, rows_again = crash_run()

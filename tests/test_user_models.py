@@ -273,7 +273,7 @@ async def test_peers_with_different_model_sizes_both_log_the_two_sizes(tmp_path)
                            final_merge=False)
                for i, h in enumerate((8, 16))]
     peers = await run_memory_network(T.complete(2), configs, run=False)
-    streams = [p.log._fh for p in peers]
+    streams = [p.log.stream for p in peers]
     await asyncio.gather(*(p.run() for p in peers))
     sizes = sorted(p.learner.vector_size for p in peers)
     logs = [[json.loads(line) for line in s.getvalue().splitlines()] for s in streams]

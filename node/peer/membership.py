@@ -310,10 +310,12 @@ class Membership:
             return 429, "serving as many joiners as allowed: ask another neighbour"
         self.serving += 1
         self.most_served_at_once = max(self.most_served_at_once, self.serving)
-        p.in_background(self._donate(sender))
+        p.in_background(self.donate(sender))
         return 200, "ok"
 
-    async def _donate(self, joiner: int) -> None:
+    async def donate(self, joiner: int) -> None:
+        """Send ``joiner`` this peer's model and round (a state transfer already counted in
+        ``serving``, which this gives back)."""
         p = self.peer
         try:
             # a snapshot: the peer may be training in its worker thread meanwhile, and a vector
@@ -325,6 +327,12 @@ class Membership:
             p.log.write(LogEvent.STATE_SENT, joiner=joiner, round=p.completed_rounds, status=status)
         finally:
             self.serving -= 1
+
+    def expect_state(self, donor: int) -> asyncio.Future[Message]:
+        """From now on, a state message from ``donor`` (and only from it) is this joiner's."""
+        self._state = asyncio.get_running_loop().create_future()
+        self._state_from = donor
+        return self._state
 
     def accept_state(self, sender: int, message: Message) -> tuple[int, str]:
         """The donor's model and round, when this peer asked that donor for it."""
@@ -592,14 +600,13 @@ class Membership:
         while not p.stopping:
             donors = sorted(p.neighbourhood.members)
             for donor in self.rng.sample(donors, len(donors)):
-                self._state = asyncio.get_running_loop().create_future()
-                self._state_from = donor
+                expected = self.expect_state(donor)
                 status = await self._tell(donor, "state_request", [self.descriptor()])
                 if status != 200:
                     continue
                 try:
                     message = await asyncio.wait_for(
-                        self._state, max(0.1, min(deadline - p.runtime.now(),
+                        expected, max(0.1, min(deadline - p.runtime.now(),
                                                   2 * p.config.gossip.deadline_ceiling_s)))
                 except asyncio.TimeoutError:
                     continue

@@ -86,6 +86,11 @@ class JsonLog:
         self.path = path
         self._fh: TextIO | None = None if path else stream
 
+    @property
+    def stream(self) -> TextIO | None:
+        """Where the records go (None for a file not yet written)."""
+        return self._fh
+
     def _file(self) -> TextIO:
         private_folder(Path(self.path).parent)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
