@@ -17,6 +17,7 @@ import torch
 from node.config import PeerConfig
 from node.peer.console import ConsoleProgress
 from node.peer.observe import FINAL_SUMMARY, JsonLog
+from node.peer.phase import Phase
 from node.schema import (
     ConfigError,
     SettingsParser,
@@ -159,7 +160,7 @@ async def _serve(peer: Any, config: PeerConfig) -> int:
               f"{summary['isolation']}; {result_line(summary, config)}", file=sys.stderr)
         return NEVER_MIXED_EXIT
     print(f"python -m node: {result_line(summary, config)}", file=sys.stderr)
-    return 0 if summary["state"] in ("done", "stopped") else 1
+    return 0 if summary["state"] in (Phase.DONE, Phase.STOPPED) else 1
 
 
 def result_line(summary: dict, config: PeerConfig) -> str:

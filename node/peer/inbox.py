@@ -104,9 +104,13 @@ class Inbox:
         """Drop the replay guard's and the inbox's entries of rounds before ``round_index``
         (they can never be collected), which keeps both bounded. A history record's guard
         lives ``HISTORY_ROUNDS`` longer, as long as the window accepts it."""
+        def expired(key: tuple) -> bool:
+            slot = SlotKey(*key[:3])
+            kept = HISTORY_ROUNDS if slot.kind == "history" else 0
+            return slot.kind != "merge" and slot.round < round_index - kept
+
         for seen in self.seen.values():
-            seen.difference_update([k for k in seen if k[0] != "merge" and k[1] < round_index
-                                    - (HISTORY_ROUNDS if k[0] == "history" else 0)])
+            seen.difference_update([k for k in seen if expired(k)])
         for key in [k for k in self.slots if k.kind != "merge" and k.round < round_index]:
             del self.slots[key]
 

@@ -561,7 +561,7 @@ class Peer:
             logger.debug("peer %s: no usable %s (%s): finishing the run", self.id, path,
                          type(exc).__name__)
             return None
-        return previous if isinstance(previous, dict) and previous.get("state") == "done" \
+        return previous if isinstance(previous, dict) and previous.get("state") == Phase.DONE \
             else None
 
     def already_finished_note(self) -> str:
