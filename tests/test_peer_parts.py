@@ -300,3 +300,63 @@ def test_the_phase_says_whether_a_round_is_in_progress():
     assert [p.value for p in Phase if p.finishing] == ["merging", "done", "stopped"]
     assert Phase.GOSSIP == "gossip" and json.dumps({"state": Phase.DONE.value}) == \
         '{"state": "done"}'
+
+
+# -- the receiver, with a fake peer ----------------------------------------------------------
+
+
+class FakeReceivingPeer:
+    def __init__(self) -> None:
+        self.position, self.rounds, self.gossip_steps, self.woken = (5, 0), 30, 2, 0
+
+    def wake(self) -> None:
+        self.woken += 1
+
+
+class FakeMembership:
+    joining = False
+    traffic = {"bytes_in": 0}
+
+    def confirm(self, sender: int) -> bool:
+        return False
+
+
+class FakeExchange:
+    def __init__(self) -> None:
+        self.received_bytes = 0
+
+    def received(self, size: int) -> None:
+        self.received_bytes += size
+
+
+def test_the_receiver_buffers_in_window_refuses_the_rest_and_takes_back_a_suspect():
+    from node.peer.receive import Receiver
+
+    ids, store = signed_peers(1, 2)
+    stream = io.StringIO()
+    nb, inbox, peer = Neighbourhood({1, 2}), Inbox(per_sender=4), FakeReceivingPeer()
+    receiver = Receiver(peer, admission=admission(store, neighbours={1, 2}),
+                        refusals=Refusals(JsonLog(0, stream=stream)), neighbourhood=nb,
+                        inbox=inbox, exchange=FakeExchange(), membership=FakeMembership(),
+                        learner=None, log=JsonLog(0, stream=stream), clock=Clock())
+
+    async def send(sender: int, round_index: int, step: int) -> int:
+        body = ids[sender].seal(encode_message(model(sender, round_index, step), SIZE))
+        return (await receiver.handle(body))[0]
+
+    async def scenario() -> list[int]:
+        nb.suspect_of(2)
+        return [await send(1, 5, 0), await send(1, 5, 0), await send(1, 7, 0),
+                await send(2, 4, 1), await send(1, 6, 1)]
+
+    import asyncio
+
+    statuses = asyncio.run(scenario())
+    # in the window; a replay; two rounds ahead; one step behind (stale, but it proves the
+    # suspect is alive and in step: it is waited for again); the next round
+    assert statuses == [200, 409, 409, 409, 200]
+    assert inbox.senders(SlotKey("model", 5, 0)) == {1} and 2 not in nb.suspect
+    assert nb.claimed == {1: 7, 2: 4} and peer.woken >= 2
+    assert receiver.refusals.counts == {409: 3}
+    assert any(json.loads(line)["event"] == LogEvent.NEIGHBOUR_BACK
+               for line in stream.getvalue().splitlines())

@@ -14,12 +14,13 @@ After the last round, the final global merge (node/peer/merge.py) floods every m
 the live component and takes the exact average.
 
 ``Peer`` keeps the run and the round loop and delegates the rest, one job per module:
-admission.py (the ordered checks of every received body; refusals counted and logged in one
-place), inbox.py (slots, window, replay guard), neighbourhood.py (live, suspect and dropped
-neighbours, the catch-up vote), exchange.py (send, collect, the adaptive deadline), merge.py
-(the flood merge's state), membership.py (open membership), observe.py (log, metrics, file
-names), routes.py (HTTP GET routes), wiring.py (from a config to data, transport and keys),
-runtime.py (clock and where blocking work runs: real or simulated), phase.py.
+receive.py (a handler per message kind behind admission.py, the ordered checks of every
+received body; refusals counted and logged in one place), inbox.py (slots, window, replay
+guard), neighbourhood.py (live, suspect and dropped neighbours, the catch-up vote), exchange.py
+(send, collect, the adaptive deadline), merge.py (the flood merge's state), membership.py (open
+membership), observe.py (log, metrics, file names), console.py (what a terminal shows),
+routes.py (HTTP GET routes), wiring.py (from a config to data, transport and keys), runtime.py
+(clock and where blocking work runs: real or simulated), phase.py.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from gossip import Message, Transport, encode
 from gossip.messages import within
 from node.config import PeerConfig, learner_for
 from node.learning import Dataset
-from node.peer.admission import Admission, Refusals, Refused, refusal_reason
+from node.peer.admission import Admission, Refusals, refusal_reason
 from node.peer.checkpoint import (
     check_fits,
     load_checkpoint,
@@ -47,7 +48,7 @@ from node.peer.checkpoint import (
     write_private,
 )
 from node.peer.exchange import AdaptiveDeadline, Arrivals, Exchange
-from node.peer.inbox import Inbox, SlotKey, window_refusal
+from node.peer.inbox import Inbox, SlotKey
 from node.peer.limits import RateLimits
 from node.peer.membership import Membership
 from node.peer.merge import MERGE_STEPS_AHEAD, FloodMerge
@@ -61,6 +62,7 @@ from node.peer.observe import (
     rss_megabytes,
 )
 from node.peer.phase import Phase
+from node.peer.receive import Receiver
 from node.peer.routes import peer_routes
 from node.peer.runtime import Runtime
 from node.peer.wiring import http_transport, identity_and_trust, load_peer_data, peer_split
@@ -150,10 +152,11 @@ class Peer:
             is_known=lambda j: j in self.neighbourhood or j in self.membership.pending,
             open_to_strangers=cfg.membership.enabled, gossip=g,
             vector_size=self.learner.vector_size, peer_id=self.id)
-        # one handler per data message kind (membership's control messages have their own)
-        self.handlers: dict[str, Callable[[Message, int], tuple[int, str]]] = {
-            "model": self._on_model, "merge": self._on_merge, "history": self._on_history,
-            "state": self._on_state}
+        self.receiver = Receiver(
+            self, admission=self.admission, refusals=self.refusals,
+            neighbourhood=self.neighbourhood, inbox=self.inbox, exchange=self.exchange,
+            membership=self.membership, learner=self.learner, log=self.log,
+            clock=self.runtime.now)
         # one registry per peer (never the process-wide default: the simulator runs many peers)
         self.metrics = CollectorRegistry(auto_describe=False)
         self.metrics.register(PeerMetrics(self.id, self.status))
@@ -249,103 +252,20 @@ class Peer:
         self._stop = True
         self.wake()
 
-    # -- receiving ---------------------------------------------------------------------------
+    # -- receiving (node/peer/receive.py) ------------------------------------------------------
 
     async def handle(self, body: bytes | None) -> tuple[int, str]:
-        """Admit one message (node/peer/admission.py) and hand it to the handler of its kind.
-        Every refusal is counted (and logged) by ``Refusals``; reasons never quote what was
-        received."""
-        try:
-            envelope = self.admission.open(body)
-            if envelope.is_control:
-                control = self.admission.control(envelope)
-                self.membership.traffic["bytes_in"] += envelope.size
-                return self._answer(*self.membership.handle(envelope.sender, control))
-            message = self.admission.data(envelope)
-            return self._answer(*self.handlers[message.kind](message, envelope.size))
-        except Refused as refused:
-            return self.refusals.record(refused.status, refused.reason)
+        """One received body: the transport's handler (node/peer/receive.py)."""
+        return await self.receiver.handle(body)
 
-    def _answer(self, status: int, reason: str) -> tuple[int, str]:
-        if status >= 400:
-            return self.refusals.record(status, reason)
-        return status, reason
+    @property
+    def rounds(self) -> int:
+        """The run's length ([run] rounds; a joiner adopts its network's)."""
+        return self.config.run.rounds
 
-    def _on_state(self, message: Message, size: int) -> tuple[int, str]:
-        return self.membership.accept_state(message.sender, message)
-
-    def _on_model(self, message: Message, size: int) -> tuple[int, str]:
-        self._accept(message, size)
-        sender = message.sender
-        if self.inbox.full_for(sender):
-            raise Refused(429, "inbox full for this sender")
-        if self.neighbourhood.cleared(sender):
-            self.log.write(LogEvent.NEIGHBOUR_BACK, neighbour=sender)
-        self.inbox.put(message)
-        self.wake()
-        return 200, "ok"
-
-    def _on_merge(self, message: Message, size: int) -> tuple[int, str]:
-        self._check_neighbour(message.sender)
-        self.admission.verify_origins(message)
-        return self._on_model(message, size)
-
-    def _on_history(self, message: Message, size: int) -> tuple[int, str]:
-        """SybilWall's gossip: ``step`` carries the record's distance."""
-        self._accept(message, size)
-        origin, vector = message.vectors[0]
-        self.learner.accept_history(message.sender, origin, message.round, message.step, vector)
-        return 200, "ok"
-
-    def _check_neighbour(self, sender: int) -> None:
-        if sender not in self.neighbourhood and not self.membership.confirm(sender):
-            raise Refused(403, "not a neighbour any more")
-
-    def _accept(self, message: Message, size: int) -> None:
-        """What every data message from a neighbour counts for -- traffic, a sign of life, its
-        round claim -- and then the window and the replay guard (409)."""
-        sender, nb = message.sender, self.neighbourhood
-        self._check_neighbour(sender)
-        self.exchange.received(size)
-        nb.heard(sender, now=self.runtime.now())
-        if message.kind != "history" and nb.claim(sender, message.round):
-            self.wake()  # a peer waiting for its neighbourhood to catch up looks again
-        refusal = self._window_refusal(message)
-        if refusal is not None:
-            if message.kind == "model" and (message.round, message.step) == \
-                    self._previous_step() and nb.cleared(sender):
-                # one step behind: the neighbour is alive and in step with us but for the wait
-                # we skipped; waiting for it again resynchronises the two (tests/test_netns.py
-                # found suspected neighbours on healthy links staying suspect for a whole run)
-                self.log.write(LogEvent.NEIGHBOUR_BACK, neighbour=sender)
-            # a neighbour that is behind stays suspect: waiting for it again would cost every
-            # round a deadline until it catches up (found by scripts/study_churn.py)
-            raise Refused(409, refusal)
-        self.inbox.remember(message)
-
-    def _window_refusal(self, message: Message) -> str | None:
-        """Why ``message`` is not accepted now (replayed, stale, too far ahead), else None."""
-        if self.inbox.replayed(message):
-            return "replay: this (kind, round, step) was already received from this sender"
-        base = self.position[0]
-        if message.kind == "model":
-            # the round this peer is about to catch up to counts as its own: a peer that was
-            # down keeps its neighbours' messages of the round it jumps to
-            base = max(base, self.neighbourhood.catch_up_to(base))
-            if self.membership.joining:  # its round is the donor's, about to be adopted: keep
-                # what new neighbours send now (inbox_per_sender bounds it), which a joiner
-                # would otherwise refuse and then wait a deadline for (scripts/launch.py --join)
-                base = max(base, max(self.neighbourhood.claimed.values(), default=0))
-        return window_refusal(message, position=self.position, base_round=base,
-                              gossip_steps=self.algorithm.gossip_steps,
-                              rounds=self.config.run.rounds)
-
-    def _previous_step(self) -> tuple[int, int]:
-        """The (round, step) collected just before the current one."""
-        position_round, position_step = self.position
-        if position_step > 0:
-            return position_round, position_step - 1
-        return position_round - 1, self.algorithm.gossip_steps - 1
+    @property
+    def gossip_steps(self) -> int:
+        return self.algorithm.gossip_steps
 
     # -- neighbours (open membership changes them; node/peer/membership.py) -------------------
 
