@@ -69,8 +69,10 @@ class ConsoleProgress:
         if event == LogEvent.CATCH_UP:
             return f"{p}: caught up from round {r.get('from_round')} to {r.get('to_round')}"
         if event == LogEvent.MERGED:
-            return (f"{p}: merged with {len(r.get('component', []))} peer(s): accuracy "
-                    f"{_figure(r.get('accuracy'))}")
+            members = len(r.get("component", []))
+            what = f"merged {members} peers' models" if members > 1 else \
+                "no neighbour to merge with: kept its own model"
+            return f"{p}: {what}: accuracy {_figure(r.get('accuracy'))}"
         if event == LogEvent.NEVER_MIXED:
             return f"{p}: never mixed with a neighbour: {r.get('note')}"
         if event == LogEvent.REFUSED_BY:
