@@ -21,7 +21,7 @@ Checks (the exit status is 1 when one fails, 130 on Ctrl-C):
                kill (once the process is dead) and at the end
   waits        no peer waited for a step's messages past the deadline ceiling (+ --wait-slack),
                the start-up rendezvous excluded. Measured from final.json "max_wait_s", which is
-               the longest wait of the peer's last process life in Peer._collect (gossip steps
+               the longest wait of the peer's last process life in Exchange.collect (gossip steps
                and merge flood steps) and includes that life's first rendezvous when the life
                started afresh (a resumed peer's first wait is already bounded by the ceiling).
                For a peer never restarted whose figure is above the ceiling, the soak uses its
