@@ -98,7 +98,7 @@ def test_peers_whose_models_differ_say_they_never_mixed_and_exit_non_zero(tmp_pa
     for i, hidden in enumerate((16, 24)):
         c = peer_config(i, 2, tmp_path, 2, algorithm="dfedavg", hidden=hidden,
                         listen=f"127.0.0.1:{ports[i]}", deadline_floor_s=0.5,
-                        deadline_ceiling_s=1.0, startup_timeout_s=20.0,
+                        deadline_ceiling_s=1.0, startup_timeout_s=10.0,
                         log_file=str(tmp_path / f"peer{i}" / "log.jsonl"))
         c.neighbours = {1 - i: f"http://127.0.0.1:{ports[1 - i]}"}
         configs.append(c)

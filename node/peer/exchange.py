@@ -26,9 +26,10 @@ from node.peer.observe import JsonLog, LogEvent
 
 logger = logging.getLogger(__name__)
 
-# a wait longer than this is reported (whom the peer waits for and why they are not heard),
-# and again each time this much more has passed: a peer whose neighbour is not running says so
-# instead of staying silent for the whole start-up timeout
+# a wait longer than WAIT_REPORT_FIRST_S is reported (whom the peer waits for and why they are
+# not heard), and again each time WAIT_REPORT_S more has passed: a peer whose neighbour is not
+# running says so instead of staying silent for the whole start-up timeout
+WAIT_REPORT_FIRST_S = 5.0
 WAIT_REPORT_S = 10.0
 
 
@@ -192,7 +193,7 @@ class Exchange:
             timeout = self.startup_timeout_s if self.first_wait else self.deadline.current()
         nb = self.neighbourhood
         start = self.clock()
-        next_report = start + WAIT_REPORT_S
+        next_report = start + WAIT_REPORT_FIRST_S
         while True:
             waiting = (expected - nb.suspect) - self.inbox.senders(key)
             if later_answers and waiting:
