@@ -282,15 +282,15 @@ def settings(args: argparse.Namespace, out: Path) -> LaunchConfig:
 
 
 def run_soak(s: LaunchConfig, args: argparse.Namespace, run_dir: Path) -> RandomKills:
-    """The soak: the network's peers (node.launcher's configs and identities, each a new
-    interpreter) run by node.supervisor's loop with the random kills plugged in; returns the
-    policy, which holds what happened."""
+    """The soak: the network's peers (node.launcher's configs and identities; each a new
+    interpreter, or forked with --start-method fork) run by node.supervisor's loop with the
+    random kills plugged in; returns the policy, which holds what happened."""
     clear_previous_run(run_dir)
-    peers, configs, _ = prepare_peers(s, run_dir, fork=False)
+    peers, configs, zygote = prepare_peers(s, run_dir, fork=args.start_method == "fork")
     soak = RandomKills(s, args, peers, run_dir=run_dir,
                        graph_neighbours={c.peer.id: set(c.neighbours) for c in configs})
     supervisor = Supervisor(peers, [soak], rounds=s.run.rounds, timeout=args.timeout,
-                            quiet=args.quiet, poll_s=POLL_S).run()
+                            quiet=args.quiet, poll_s=POLL_S, zygote=zygote).run()
     soak.finish(supervisor)
     return soak
 
@@ -908,6 +908,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "kills anyway")
     k.add_argument("--restart-delay", type=float, nargs=2, default=[0.5, 3.0],
                    metavar=("MIN", "MAX"), help="a killed peer restarts after U(MIN, MAX) s")
+    k.add_argument("--start-method", choices=("exec", "fork"), default="exec",
+                   help="how peers start and restart: exec, a new interpreter each time (2-3 s, "
+                        "as a real restart); fork, from the soak process, which loaded torch "
+                        "and the data once (a restart then costs only --restart-delay)")
     k.add_argument("--no-adjacent", action="store_true",
                    help="never kill a neighbour of a peer that is down (so that every restarted "
                         "peer finds its neighbourhood ahead and can catch up)")
