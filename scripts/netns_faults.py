@@ -1,6 +1,6 @@
 """The long form of tests/test_netns.py: four peer processes, each in its own Linux network
-namespace, through a lossy link, a cut link, a partition and healing, over 300 rounds with faults
-held 6 s each (the suite's default run: 160 rounds, faults held 3 s, past the deadline ceiling).
+namespace, through a lossy link, a cut link, a partition and healing, over 240 rounds with faults
+held 6 s each (the suite's default run: 120 rounds, faults held 3 s, past the deadline ceiling).
 
 It runs that test with DECENT_LONG_TESTS=1 and pytest's output on (-s: the phases and how often
 each peer heard both neighbours after healing); further arguments go to pytest. It needs root,
