@@ -77,6 +77,7 @@ from node.schema import (
 from topology import TOPOLOGY_NAMES, Topology, TopologyError, build_topology
 
 ENGINES = ("reference", "batched", "peers")
+PEER_LOG = "log.jsonl"  # a peer's JSON-lines log in its state folder, unless [peer] log_file
 EXPERIMENT = ("sim", "launch")
 
 
@@ -747,7 +748,7 @@ class _Experiment(_Shared):
             host, port = addresses[i]
             configs.append(PeerConfig.from_table({
                 "peer": {"id": i, "listen": listen[i] if listen else f"{host}:{port}",
-                         "state_dir": str(folder), "log_file": str(folder / "log.jsonl")},
+                         "state_dir": str(folder), "log_file": str(folder / PEER_LOG)},
                 "run": run, **shared,
                 "neighbours": {j: f"http://{addresses[j][0]}:{addresses[j][1]}"
                                for j in sorted(graph.neighbors(i))},

@@ -11,14 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from node.config import LaunchConfig
+from node.config import PEER_LOG, LaunchConfig
 from node.peer.observe import FINAL_SUMMARY
 from node.supervisor import STDERR_FILE, PeerProcess
 from node.text import format_table
 
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "accuracy.png"
-PEER_LOG = "log.jsonl"  # as LaunchConfig.peer_configs names a peer's log in its folder
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ from typing import Any
 import torch
 
 from gossip import InMemoryHub
-from node.config import LaunchConfig, PeerConfig, SimConfig
+from node.config import PEER_LOG, LaunchConfig, PeerConfig, SimConfig
 from node.launcher import launch
 from node.peer import JsonLog, Peer
 from node.text import format_table
@@ -157,7 +157,7 @@ def launched(model: str, folder: Path, rounds: int, tag: str) -> dict[str, Any]:
         raise RuntimeError(f"launched peers {unfinished} did not finish: {stderr[-300:]}")
     times, sent = [], []
     for i in range(NODES):
-        t, s = round_figures((out / f"peer{i}" / "log.jsonl").read_text().splitlines())
+        t, s = round_figures((out / f"peer{i}" / PEER_LOG).read_text().splitlines())
         times += t
         sent += s
     return {"s_per_round": statistics.median(times), "bytes_per_round": statistics.median(sent),

@@ -19,7 +19,8 @@ kind, as py-ipv8 registers them)."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,16 @@ class Refused(Exception):
     def __init__(self, status: int, reason: str):
         super().__init__(f"{status} {reason}")
         self.status, self.reason = status, reason
+
+
+@contextmanager
+def refusing() -> Iterator[None]:
+    """A rejection of the wire's parser (MessageError) or of the trust store (AuthError) as a
+    refusal with the same status and reason (both are this project's own words)."""
+    try:
+        yield
+    except (AuthError, MessageError) as exc:
+        raise Refused(exc.status, exc.reason) from None
 
 
 class Refusals:
@@ -115,20 +126,16 @@ class Admission:
                 raise Refused(403, f"the claimed sender is not a neighbour of {self.peer_id}")
             if not self.limits.stranger_allowed(self.clock()):
                 raise Refused(429, "rate limit")
-        try:
+        with refusing():
             opened = self.trust.open(body)
-        except AuthError as exc:
-            raise Refused(exc.status, exc.reason) from None
         if not self.limits.allowed(opened.sender, self.clock()):
             raise Refused(429, "rate limit")
         return Envelope(opened.sender, opened.payload, len(body), known)
 
     def control(self, envelope: Envelope) -> Control:
         """A membership message of ``envelope`` whose payload names its signer."""
-        try:
+        with refusing():
             control = decode_control(envelope.payload)
-        except MessageError as exc:
-            raise Refused(exc.status, exc.reason) from None
         if control.sender != envelope.sender:
             raise Refused(403, "the payload names another sender than its signer")
         return control
@@ -138,12 +145,10 @@ class Admission:
         if not envelope.known:
             raise Refused(403, f"data messages are accepted from neighbours of {self.peer_id} "
                           "only")
-        try:
+        with refusing():
             message = decode_message(envelope.payload, self.vector_size,
                                      self.gossip.max_message_bytes,
                                      max_abs=self.gossip.max_abs_value)
-        except MessageError as exc:
-            raise Refused(exc.status, exc.reason) from None
         if message.sender != envelope.sender:
             raise Refused(403, "the payload names another sender than its signer")
         return message
@@ -153,8 +158,6 @@ class Admission:
         a relay cannot invent or alter a member."""
         for origin, vector in message.vectors:
             signature, credential = message.proofs[origin]
-            try:
+            with refusing():
                 self.trust.verify_origin(origin, message.round, encode(vector, "f32"), signature,
                                          credential)
-            except AuthError as exc:
-                raise Refused(exc.status, exc.reason) from None

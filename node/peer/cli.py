@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from node.config import PeerConfig
+from node.config import PEER_LOG, PeerConfig
 from node.peer.console import ConsoleProgress
 from node.peer.observe import FINAL_SUMMARY, JsonLog
 from node.peer.phase import Phase
@@ -116,7 +116,7 @@ def console_log(config: PeerConfig) -> tuple[JsonLog, ConsoleProgress | None]:
     """The peer's JSON log and, for a person, its console. Without [peer] log_file the log
     goes to STATE_DIR/log.jsonl and the terminal gets readable progress; with one, progress is
     shown only when standard error is a terminal (the launcher's peers write files)."""
-    path = config.peer.log_file or str(Path(config.peer.state_dir) / "log.jsonl")
+    path = config.peer.log_file or str(Path(config.peer.state_dir) / PEER_LOG)
     console = None
     if not config.peer.log_file or sys.stderr.isatty():
         console = ConsoleProgress(peer_id=config.id, rounds=config.run.rounds,

@@ -22,14 +22,6 @@ from node.peer.observe import JsonLog, LogEvent
 from node.peer.runtime import Runtime
 
 
-def peer_id(cfg: PeerConfig) -> int:
-    """``[peer] id``: PeerConfig's validation sets it (required with neighbours or open
-    membership, else 0), so None here is a config built without validation."""
-    if cfg.peer.id is None:
-        raise ValueError("[peer] id is not set: build the PeerConfig with validation")
-    return cfg.peer.id
-
-
 def load_peer_data(cfg: PeerConfig) -> Dataset:
     """The data set a peer's [data] section names (its shard is cut later, by peer_split): a
     shared source gets a held-out test set when split into shards (every peer of an experiment
@@ -66,7 +58,7 @@ def peer_split(cfg: PeerConfig, data: Dataset) -> tuple[torch.Tensor, tuple | No
         return shard, read_file(d.format or "", d.validation_path, label=d.label)
     if d.validation_fraction > 0:
         kept, held = hold_out(len(shard), fraction=d.validation_fraction,
-                              seed=derive_seed(cfg.run.seed, "validation", peer_id(cfg)))
+                              seed=derive_seed(cfg.run.seed, "validation", cfg.id))
         if len(kept) == 0:
             raise ValueError(f"[data] validation_fraction {d.validation_fraction} leaves no "
                              f"training sample of this peer's {len(shard)}")
@@ -111,7 +103,7 @@ def identity_and_trust(cfg: PeerConfig, runtime: Runtime, log: JsonLog
     """The peer's signing identity and whom it trusts. A runtime whose network vouches for
     senders (the simulator's in-memory hub) needs no keys."""
     if runtime.vouched:
-        return Identity(peer_id(cfg)), TrustStore(mode="modelled")
+        return Identity(cfg.id), TrustStore(mode="modelled")
     private_folder(Path(cfg.peer.state_dir))
     identity, created = identity_for(cfg)
     store = trust_store_for(cfg)
